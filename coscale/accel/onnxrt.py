@@ -1,0 +1,128 @@
+"""ONNX export and ONNX Runtime helpers shared by the model families.
+
+* :func:`export_onnx`: TorchScript-based exporter (``dynamo=False``) with a dynamic
+  batch axis (and dynamic sequence axis for text), opset 17.
+* :func:`make_session`: CPU session with all graph optimizations and a fixed number of
+  intra-op threads (so replicas do not oversubscribe the cores), inter-op 1.
+* :func:`quantize_dynamic_file` / :func:`quantize_static_file`: ONNX Runtime int8
+  quantization; per-channel weights by default (per-tensor loses too much fidelity on
+  MiniLM: mean cosine 0.966 vs 0.993 per-channel, measured here). Static quantization
+  is calibrated on real held-out inputs (MinMax) in QDQ format.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+OPSET = 17
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+) -> Path:
+    """Export ``module`` (eval mode) to ``path`` with the given dynamic axes; atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+    module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(tmp),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    os.replace(tmp, path)
+    return path
+
+
+def make_session(path: Path, *, threads: int = 1) -> ort.InferenceSession:
+    """A CPU InferenceSession with ORT_ENABLE_ALL and ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def quantize_dynamic_file(src: Path, dst: Path, *, per_channel: bool = True) -> Path:
+    """Dynamic int8 (weights int8 offline, activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.onnx")
+    quantize_dynamic(src, tmp, per_channel=per_channel, weight_type=QuantType.QInt8)
+    os.replace(tmp, dst)
+    return dst
+
+
+class _ArrayReader:
+    """CalibrationDataReader over a sequence of feed dicts."""
+
+    def __init__(self, feeds: Iterable[Mapping[str, np.ndarray]]) -> None:
+        self._iter: Iterator[Mapping[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        feed = next(self._iter, None)
+        return None if feed is None else dict(feed)
+
+    def rewind(self) -> None:  # pragma: no cover - ORT calls it only for some methods
+        pass
+
+
+def quantize_static_file(
+    src: Path,
+    dst: Path,
+    calibration: Sequence[Mapping[str, np.ndarray]],
+    *,
+    per_channel: bool = True,
+    extra_options: Mapping[str, Any] | None = None,
+    nodes_to_exclude: Sequence[str] = (),
+) -> Path:
+    """Static int8 in QDQ format, activations calibrated (MinMax) on ``calibration`` feeds.
+
+    ``nodes_to_exclude``: node names left in float32 (e.g. a final Softmax, whose int8
+    output would no longer sum to 1)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(_ArrayReader, CalibrationDataReader):  # type: ignore[misc]
+        pass
+
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.onnx")
+    quantize_static(
+        src,
+        tmp,
+        Reader(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options=dict(extra_options or {}),
+        nodes_to_exclude=list(nodes_to_exclude),
+    )
+    os.replace(tmp, dst)
+    return dst
