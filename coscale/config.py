@@ -78,6 +78,7 @@ ROUTING_POLICIES: frozenset[str] = frozenset(
         "round-robin",
         "random",
         "least-outstanding",
+        "weighted-round-robin",
         "power-of-two",
         "latency-inverse",
         "prequal",

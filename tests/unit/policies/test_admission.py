@@ -1,0 +1,324 @@
+"""One test per clause of the admission docstrings (coscale/policies/admission.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from coscale.errors import CoscaleError
+from coscale.policies.admission import (
+    AdmitAll,
+    DeadlineAdmission,
+    FairQueueState,
+    WeightedFairQueue,
+)
+from coscale.types import (
+    AdmissionDecision,
+    LatencyTable,
+    ModelView,
+    ReplicaState,
+    ReplicaView,
+    Request,
+    Snapshot,
+)
+
+
+def rep(rid: str, **kw: Any) -> ReplicaView:
+    base: dict[str, Any] = {
+        "id": rid,
+        "model": "m",
+        "variant": "fp32-eager",
+        "node_type": "cpu",
+        "state": ReplicaState.READY,
+    }
+    base.update(kw)
+    return ReplicaView(**base)
+
+
+def req(
+    i: int = 0,
+    arrival: float = 10.0,
+    deadline: float = 11.0,
+    tenant: str = "default",
+    items: int = 1,
+) -> Request:
+    return Request(i, "m", arrival, deadline, tenant=tenant, items=items)
+
+
+def flat(s: float) -> LatencyTable:
+    return LatencyTable((1,), (0,), ((s,),))
+
+
+def snap(*replicas: ReplicaView, queue: int | None = 0, time: float = 10.0) -> Snapshot:
+    models = () if queue is None else (ModelView("m", arrival_rate=0.0, queue_length=queue),)
+    return Snapshot(time=time, models=models, replicas=replicas)
+
+
+ADMIT = AdmissionDecision(True)
+
+
+# ----------------------------------------------------------------------------- admit all
+
+
+def test_admit_all_admits_even_without_capacity() -> None:
+    assert AdmitAll().decide(req(deadline=0.0), Snapshot(0.0), None) == (ADMIT, None)
+
+
+# ------------------------------------------------------------------------------ deadline
+
+TABLES = {("fp32-eager", "cpu"): flat(0.01)}
+
+
+def _capacity_snapshot(queue: int | None = 10, time: float = 10.0) -> Snapshot:
+    # capacity 50 + 50 + 20 (rate only) = 120 items/s; ahead = queue + 2 + 2 + 2
+    return snap(
+        rep("a", capacity_rps=50.0, outstanding=2),
+        rep("b", capacity_rps=50.0, outstanding=2),
+        rep("c", rate=20.0, outstanding=2),
+        queue=queue,
+        time=time,
+    )
+
+
+def test_deadline_admits_when_predicted_completion_meets_deadline() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    predicted = 10.0 + 16 / 120 + 0.01
+    d, state = p.decide(req(deadline=predicted + 1e-9), _capacity_snapshot(), None)
+    assert d == ADMIT and state is None
+
+
+def test_deadline_rejects_with_reason_and_overshoot_retry() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    predicted = 10.0 + 16 / 120 + 0.01
+    d, _ = p.decide(req(deadline=10.14), _capacity_snapshot(), None)
+    assert not d.admit
+    assert d.retry_after_s == pytest.approx(predicted - 10.14)
+    assert "misses the deadline by 0.003 s" in d.reason and "16 requests ahead" in d.reason
+
+
+def test_deadline_capacity_uses_rate_when_capacity_unknown() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    snapshot = snap(rep("a", rate=10.0, outstanding=4), queue=0)
+    # 4 / 10 + 0.01 = 0.41
+    assert p.decide(req(deadline=10.41 + 1e-9), snapshot, None)[0] == ADMIT
+    assert not p.decide(req(deadline=10.40), snapshot, None)[0].admit
+
+
+def test_deadline_now_is_the_later_of_snapshot_time_and_arrival() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    snapshot = snap(rep("a", capacity_rps=100.0), queue=0, time=9.0)
+    assert p.decide(req(arrival=10.0, deadline=10.0105), snapshot, None)[0] == ADMIT
+    assert not p.decide(req(arrival=10.0, deadline=10.0095), snapshot, None)[0].admit
+    late = snap(rep("a", capacity_rps=100.0), queue=0, time=12.0)
+    assert not p.decide(req(arrival=10.0, deadline=11.0), late, None)[0].admit
+
+
+def test_deadline_model_missing_from_snapshot_has_empty_queue() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    d, _ = p.decide(req(deadline=10.0 + 6 / 120 + 0.0101), _capacity_snapshot(queue=None), None)
+    assert d == ADMIT
+
+
+def test_deadline_service_is_fastest_replica_for_this_request() -> None:
+    tables = {("fp32-eager", "cpu"): flat(0.1), ("fp32-eager", "gpu"): flat(0.02)}
+    p = DeadlineAdmission(latencies=tables)
+    snapshot = snap(
+        rep("a", capacity_rps=10.0), rep("g", node_type="gpu", capacity_rps=90.0), queue=0
+    )
+    # 3 items: gpu 0.06 s beats cpu 0.3 s
+    assert p.decide(req(items=3, deadline=10.061), snapshot, None)[0] == ADMIT
+    assert not p.decide(req(items=3, deadline=10.059), snapshot, None)[0].admit
+
+
+def test_deadline_service_falls_back_to_rate_then_capacity() -> None:
+    p = DeadlineAdmission()
+    by_rate = snap(rep("a", rate=20.0, capacity_rps=40.0), queue=0)
+    # capacity 40 items/s, service 2 / rate 20 = 0.1
+    assert p.decide(req(items=2, deadline=10.1001), by_rate, None)[0] == ADMIT
+    assert not p.decide(req(items=2, deadline=10.099), by_rate, None)[0].admit
+    by_capacity = snap(rep("a", capacity_rps=40.0), queue=0)
+    assert p.decide(req(items=2, deadline=10.0501), by_capacity, None)[0] == ADMIT
+
+
+def test_deadline_ignores_replicas_that_are_not_ready() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    snapshot = snap(
+        rep("a", capacity_rps=10.0, outstanding=1),
+        rep("d", state=ReplicaState.DRAINING, capacity_rps=1000.0, outstanding=50),
+        rep("o", model="other", capacity_rps=1000.0, outstanding=50),
+        queue=0,
+    )
+    # ahead 1 at 10/s → 0.1 + 0.01
+    assert p.decide(req(deadline=10.1101), snapshot, None)[0] == ADMIT
+    assert not p.decide(req(deadline=10.1099), snapshot, None)[0].admit
+
+
+def test_deadline_admits_when_capacity_is_starting() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    snapshot = snap(rep("s", state=ReplicaState.STARTING), queue=100)
+    assert p.decide(req(deadline=10.0), snapshot, None)[0] == ADMIT
+
+
+def test_deadline_rejects_no_capacity() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    snapshot = snap(rep("d", state=ReplicaState.DRAINING), rep("o", model="other"))
+    d, _ = p.decide(req(), snapshot, None)
+    assert d == AdmissionDecision(False, "no capacity", 1.0)
+    d, _ = DeadlineAdmission(no_capacity_retry_s=5.0).decide(req(), Snapshot(10.0), None)
+    assert d == AdmissionDecision(False, "no capacity", 5.0)
+
+
+def test_deadline_admits_when_capacity_or_service_unknown() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    unknown_capacity = snap(rep("a", outstanding=1000), queue=1000)
+    assert p.decide(req(deadline=10.0001), unknown_capacity, None)[0] == ADMIT
+    nothing_known = snap(rep("a", node_type="tpu", outstanding=1000), queue=1000)
+    assert DeadlineAdmission().decide(req(deadline=10.0), nothing_known, None)[0] == ADMIT
+
+
+def test_deadline_validates_parameters() -> None:
+    with pytest.raises(CoscaleError, match="no_capacity_retry_s"):
+        DeadlineAdmission(no_capacity_retry_s=-1.0)
+
+
+# ------------------------------------------------------------------- weighted fair queue
+
+
+def _tags(state: FairQueueState) -> dict[int, tuple[float, float]]:
+    """request id → (start, finish) for every queued request (white-box helper)."""
+    out: dict[int, tuple[float, float]] = {}
+    for _, tq in state.tenants:
+        for cell in (tq.front, tq.back):
+            while cell is not None:
+                out[cell.head.request.id] = (cell.head.start, cell.head.finish)
+                cell = cell.tail
+    return out
+
+
+def test_wfq_push_tags_start_max_of_virtual_time_and_tenant_finish() -> None:
+    wfq = WeightedFairQueue(weights={"b": 2.0})
+    s = wfq.push(None, req(1, tenant="a", items=3))
+    s = wfq.push(s, req(2, tenant="a", items=1))
+    s = wfq.push(s, req(3, tenant="b", items=1))
+    assert _tags(s) == {1: (0.0, 3.0), 2: (3.0, 4.0), 3: (0.0, 0.5)}
+    assert len(s) == 3
+
+
+def test_wfq_pop_smallest_start_ties_to_first_pushed() -> None:
+    wfq = WeightedFairQueue()
+    s: FairQueueState | None = None
+    for i in range(1, 6):
+        s = wfq.push(s, req(i, tenant="a"))
+    s = wfq.push(s, req(100, tenant="b"))
+    for i in range(6, 11):
+        s = wfq.push(s, req(i, tenant="a"))
+    s = wfq.push(s, req(101, tenant="b"))
+    order = []
+    while True:
+        r, s = wfq.pop(s)
+        if r is None:
+            break
+        order.append(r.id)
+    assert order == [1, 100, 2, 101, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_wfq_pop_sets_virtual_time_to_start_tag() -> None:
+    wfq = WeightedFairQueue()
+    s = wfq.push(None, req(1, tenant="a"))
+    s = wfq.push(s, req(2, tenant="a"))
+    s = wfq.push(s, req(3, tenant="a"))
+    _, s = wfq.pop(s)
+    _, s = wfq.pop(s)
+    assert s.virtual_time == 1.0
+    s = wfq.push(s, req(9, tenant="new"))  # a new tenant starts at v, not at 0
+    assert _tags(s)[9] == (1.0, 2.0)
+
+
+def test_wfq_empty_queue_jumps_virtual_time_to_max_finish() -> None:
+    wfq = WeightedFairQueue()
+    s = wfq.push(None, req(1, tenant="a", items=4))
+    _, s = wfq.pop(s)
+    assert s.virtual_time == 4.0 and len(s) == 0
+    s = wfq.push(s, req(2, tenant="b"))
+    assert _tags(s)[2] == (4.0, 5.0)
+
+
+def test_wfq_pop_on_empty_returns_none() -> None:
+    wfq = WeightedFairQueue()
+    assert wfq.pop(None) == (None, FairQueueState())
+    s = FairQueueState(virtual_time=3.0)
+    assert wfq.pop(s) == (None, s)
+
+
+def test_wfq_weights_give_proportional_service_and_default_weight() -> None:
+    wfq = WeightedFairQueue(weights={"b": 2.0}, default_weight=1.0)
+    s: FairQueueState | None = None
+    for i in range(30):
+        s = wfq.push(s, req(i, tenant="a"))
+        s = wfq.push(s, req(100 + i, tenant="b"))
+    served = []
+    for _ in range(30):
+        r, s = wfq.pop(s)
+        assert r is not None
+        served.append(r.tenant)
+    assert served.count("b") == 20 and served.count("a") == 10
+
+
+def test_wfq_rejects_non_positive_weights() -> None:
+    with pytest.raises(CoscaleError, match="weights must be > 0"):
+        WeightedFairQueue(weights={"a": 0.0})
+    with pytest.raises(CoscaleError, match="weights must be > 0"):
+        WeightedFairQueue(default_weight=0.0)
+
+
+def test_wfq_states_are_persistent() -> None:
+    wfq = WeightedFairQueue()
+    s = wfq.push(None, req(1, tenant="a"))
+    s = wfq.push(s, req(2, tenant="a"))
+    first, s1 = wfq.pop(s)
+    again, _ = wfq.pop(s)
+    assert first == again and len(s) == 2 and len(s1) == 1
+    s2 = wfq.push(s1, req(3, tenant="a"))
+    assert [wfq.pop(s1)[0], wfq.pop(s2)[0]] == [req(2, tenant="a")] * 2
+
+
+def _serve(fair: bool) -> dict[str, list[float]]:
+    """A floods at 5 req/s, B sends 1 req/s, one server does 2 req/s for 20 s.
+    Returns each tenant's waiting times."""
+    arrivals = sorted(
+        [req(i, arrival=i * 0.2, tenant="a") for i in range(100)]
+        + [req(1000 + i, arrival=float(i), tenant="b") for i in range(20)],
+        key=lambda r: (r.arrival, r.id),
+    )
+    wfq = WeightedFairQueue()
+    state: FairQueueState | None = None
+    fifo: list[Request] = []
+    waits: dict[str, list[float]] = {"a": [], "b": []}
+    nxt = 0
+    for slot in range(40):
+        t = slot * 0.5
+        while nxt < len(arrivals) and arrivals[nxt].arrival <= t:
+            if fair:
+                state = wfq.push(state, arrivals[nxt])
+            else:
+                fifo.append(arrivals[nxt])
+            nxt += 1
+        r: Request | None
+        if fair:
+            r, state = wfq.pop(state)
+        else:
+            r = fifo.pop(0) if fifo else None
+        if r is not None:
+            waits[r.tenant].append(t - r.arrival)
+    return waits
+
+
+def test_wfq_flooding_tenant_does_not_delay_the_other_beyond_its_share() -> None:
+    fair, fifo = _serve(True), _serve(False)
+    # B's fair share (1/2 of 2 req/s) covers its 1 req/s: all served, none waits > 1 s
+    assert len(fair["b"]) == 20 and max(fair["b"]) <= 1.0
+    # A gets the rest: 20 of its 100
+    assert len(fair["a"]) == 20
+    # first-come-first-served lets A's backlog delay B without bound
+    assert len(fifo["b"]) < 10 and max(fifo["b"]) > 5.0
