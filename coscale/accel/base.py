@@ -37,7 +37,9 @@ VARIANT_DESCRIPTIONS: dict[str, str] = {
     "onnx-fp32": "ONNX Runtime, float32, all graph optimizations",
     "onnx-int8-dynamic": "ONNX Runtime, dynamic int8 quantization (per-channel weights)",
     "onnx-int8-static": "ONNX Runtime, static int8 quantization calibrated on held-out data",
-    "pruned-structured": "channels removed (structured L1 pruning) and fine-tuned, then ONNX Runtime",
+    "pruned-structured": (
+        "channels removed (structured L1 pruning) and fine-tuned, then ONNX Runtime"
+    ),
     "pruned-structured-int8": "pruned-structured, then ONNX Runtime static int8 (calibrated)",
     "pruned-unstructured": "50 % of weights zeroed by magnitude; dense kernels, so no speed-up",
     "bf16-eager": "PyTorch eager, bfloat16 (only where the CPU has native bf16)",
