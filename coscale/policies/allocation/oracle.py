@@ -1,0 +1,128 @@
+"""The oracle: the cost lower bound, an allocation that knows the future demand.
+
+Constructed with each model's future demand — a :class:`~.capacity.DemandCurve` (rates
+per time bin) or a function of time returning requests/s — it obeys the same start-up
+delays, billing, capacities and pools as every other policy. At each call, with
+``t`` = the snapshot's time, ``Δ`` = ``context.interval_s`` and ``u`` = the model's
+start-up (the longest of its options, as for the predictive policy):
+
+1. **Future**: ``D_future`` = peak demand over ``[t + u, t + u + Δ]``: what replicas
+   started now must serve (they are ready at ``t + u``; the next decision's at
+   ``t + Δ + u``).
+2. **Keep**: replicas that exist serve at once and cannot be replaced before ``t + u``,
+   so the oracle keeps as much of them as the demand until then needs:
+   ``C = max(D_future, min(existing, D_window))`` with ``D_window`` = peak demand over
+   ``[t, t + u + Δ]`` and ``existing`` = expected capacity of the model's READY replicas
+   in the snapshot (starting ones are not capacity yet; by the shared capacity model, a
+   replica of an option it does not know counting its own ``capacity_rps``). No ready
+   replica (cold start): only ``D_future`` — nothing can serve sooner.
+3. **Placement**: ``C`` covered by :func:`~.capacity.place_capacity` over the same
+   candidates as the predictive policy (cheapest effective cost per capacity, spot up to
+   ``spot_share``, pools' ``S_t``), with no margin, no hysteresis and no minimum:
+   zero demand → zero replicas. Pools exhausted → partial placement, said in the reason.
+   When the cheapest mix changes (node type, on-demand/spot), ready replicas it would
+   stop are kept until their replacements are ready (:func:`~.capacity.keep_ready`):
+   start-up delays are obeyed, not skipped.
+4. **Peaks**: a curve's peak is its largest bin overlapping the window; a function is
+   sampled every ``sample_step_s`` (1 s) and at both ends of the window.
+5. **Models**: a model of the context with no demand given has zero demand; a demand
+   for a name outside the context is an error.
+
+It is a lower bound because its capacity is exactly the demand at the SLO's capacity,
+started exactly one start-up ahead: never weaken it (no margin, no hysteresis). For the
+bound of one run, feed it that run's realised arrivals (e.g. 1-s bins); for the expected
+bound, the generating rate. Complexity per call: O(N + M × (W + P)), W = bins or
+samples per window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from coscale.policies.allocation.capacity import (
+    DEFAULT_TYPICAL_SEQ_LEN,
+    LATENCY_BUDGET_FRACTION,
+    DemandCurve,
+    PoolLedger,
+    RateFunction,
+    group_by_model,
+    keep_ready,
+    place_capacity,
+    plan,
+    rank_context,
+    require,
+    validate_common,
+    validate_context,
+)
+from coscale.policies.base import AllocationContext
+from coscale.types import Plan, ReplicaTarget, Snapshot
+
+Demand = DemandCurve | RateFunction
+
+
+class OraclePolicy:
+    """Future-knowing allocation: exactly the capacity needed, started ahead of need."""
+
+    name = "oracle"
+
+    def __init__(
+        self,
+        context: AllocationContext,
+        *,
+        demand: Mapping[str, Demand],
+        sample_step_s: float = 1.0,
+        use_spot: bool = True,
+        seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
+        budget_fraction: float = LATENCY_BUDGET_FRACTION,
+    ) -> None:
+        validate_context(context)
+        validate_common(seq_len, budget_fraction)
+        names = {m.model for m in context.models}
+        unknown = sorted(set(demand) - names)
+        require(
+            not unknown,
+            f"oracle demand names model(s) {unknown} that are not in the scenario",
+            f"use the scenario's model names: {sorted(names)}",
+        )
+        require(sample_step_s > 0, "sample_step_s must be > 0", "use e.g. 1.0 s")
+        self.context = context
+        self.demand = dict(demand)
+        self.sample_step_s = sample_step_s
+        self._options = rank_context(
+            context, allow_spot=use_spot, seq_len=seq_len, budget_fraction=budget_fraction
+        )
+        self._ledger = PoolLedger.template(context.pools, context.spot_share)
+
+    def peak(self, model: str, t0: float, t1: float) -> float:
+        """Step 4: the model's peak demand over ``[t0, t1]``."""
+        d = self.demand.get(model)
+        if d is None:
+            return 0.0
+        if isinstance(d, DemandCurve):
+            return d.peak(t0, t1)
+        steps = max(0, math.ceil((t1 - t0) / self.sample_step_s))
+        points = [t0 + i * self.sample_step_s for i in range(steps)] + [t1]
+        return max(0.0, *(float(d(t)) for t in points))
+
+    def decide(self, snapshot: Snapshot, state: None) -> tuple[Plan, None]:
+        now, dt = snapshot.time, self.context.interval_s
+        replicas = group_by_model(snapshot.replicas)
+        ledger = self._ledger.copy()
+        targets: list[ReplicaTarget] = []
+        notes = ["oracle"]
+        for m in self.context.models:
+            options = self._options[m.model]
+            u = options.startup_s
+            future = self.peak(m.model, now + u, now + u + dt)
+            window = self.peak(m.model, now, now + u + dt)
+            mine = replicas.get(m.model, [])
+            existing = sum(options.capacity_of(r) for r in mine if r.serving)
+            need = max(future, min(existing, window))
+            placed = place_capacity(options, need, ledger, self.context.spot_share)
+            targets.extend(keep_ready(placed.targets, options, mine, need, ledger))
+            note = f"{m.model}: {need:.1f} rps, {placed.count} replicas ({placed.spot_count} spot)"
+            if placed.expected_rps + 1e-6 < need:
+                note += f"; pools exhausted, {placed.expected_rps:.1f} rps placed (S_t reached)"
+            notes.append(note)
+        return plan(now, targets, notes), None

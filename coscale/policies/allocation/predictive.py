@@ -1,0 +1,256 @@
+"""coscale's predictive allocation: forecast each model's demand, provision ahead of it,
+on the cheapest mix of node types and on-demand/spot capacity.
+
+For each model, at every call (``t`` = the snapshot's time; the executor calls every
+``interval_s`` = ``context.interval_s``):
+
+1. **Observe**: the model's ``arrival_rate`` ``y`` (measured over the last interval) goes
+   to the :class:`~.forecast.Forecaster`, stamped at ``t − interval_s / 2``, the middle of
+   the interval it was measured over. A model missing from the snapshot is not observed:
+   its forecast carries on from what was learned.
+2. **Horizon**: ``H = startup_s + interval_s``, ``startup_s`` being the longest start-up
+   of the model's options: replicas started now serve from ``t + startup_s`` and those of
+   the next decision from ``t + interval_s + startup_s``.
+3. **Forecast need**: ``F = peak forecast over [t, t + H] × (1 + margin)``, the margin
+   from the forecaster's recent relative errors (its 0.95 quantile; 0.25 while cold).
+4. **Reactive floor**: ``R = y + queue_length / backlog_drain_s`` (default
+   ``interval_s``): never below what the observed rate and backlog need, so a burst the
+   forecast missed is absorbed as soon as it is seen. 0 for a missing model.
+5. **Want** ``W = max(F, R)`` requests/s of expected serving capacity.
+6. **Hysteresis** (capacity ``C`` in the state, ``C_prev`` the last one):
+   ``held`` = the largest ``W`` of the decisions of the last ``cooldown_intervals ×
+   interval_s`` (default 2 intervals, this decision included).
+
+   a. ``held ≥ C_prev × (1 − scale_down_deadband)`` (default 0.03), or the recorded
+      wants do not yet span the whole cool-down (too little history, e.g. after a gap):
+      ``C = max(held, C_prev)`` — a rise is followed at once; a dip inside the dead band,
+      or one not yet known to last, changes nothing.
+   b. Otherwise (the fall lasted the whole cool-down and exceeds the dead band):
+      ``C = max(held, C_prev − max(max_scale_down_fraction × C_prev, c₁))`` (default
+      fraction 0.2; ``c₁`` = one replica of the model's cheapest candidate, so a decay
+      to zero ends). At most 20 % (or one replica) per decision: no thrashing on noise.
+7. **Placement**: ``C`` is covered by :func:`~.capacity.place_capacity` over the model's
+   candidates (option × {on-demand, spot}) ranked by effective cost per unit capacity
+   (spot priced with its preemption risk and over-provisioned by ``1 + ρ``, see
+   :mod:`.capacity`), spot at most ``context.spot_share`` (``use_spot`` = False: none),
+   within the pools' ``S_t``; ready replicas a change of mix would stop are kept until
+   their replacements are ready (:func:`~.capacity.keep_ready`); then the plan is topped
+   up to ``min_replicas`` (default 1) with the cheapest on-demand option. Models are
+   placed in context order; pools exhausted → partial placement and the reason says so.
+8. **Edge cases**: cold start (no history, zero replicas): the first observation is the
+   forecast, with the cold margin. No traffic: ``C`` decays by the hysteresis to 0, and
+   ``min_replicas`` remain. A missing model with no history: ``C = 0``.
+
+Complexity: O(N + M × (P + B + K log K)) per call for N replicas (one pass to group them),
+M models, P candidates, B seasonal bins and K errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coscale.policies.allocation.capacity import (
+    DEFAULT_TYPICAL_SEQ_LEN,
+    EPS,
+    LATENCY_BUDGET_FRACTION,
+    ModelOptions,
+    PoolLedger,
+    group_by_model,
+    keep_ready,
+    place_capacity,
+    place_count,
+    plan,
+    rank_context,
+    require,
+    validate_common,
+    validate_context,
+)
+from coscale.policies.allocation.forecast import ForecastConfig, Forecaster, ForecastState
+from coscale.policies.base import AllocationContext
+from coscale.types import ModelView, Plan, ReplicaTarget, ReplicaView, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class PredictiveModel:
+    """Per model: the forecast, recent wants (time, rps) and the provisioned capacity."""
+
+    forecast: ForecastState | None = None
+    wants: tuple[tuple[float, float], ...] = ()
+    capacity_rps: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PredictiveState:
+    models: tuple[tuple[str, PredictiveModel], ...]
+
+    def get(self, model: str) -> PredictiveModel | None:
+        return next((m for name, m in self.models if name == model), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One decision's arithmetic for one model (steps 3–5), in requests/s."""
+
+    peak: float
+    margin: float
+    floor: float
+    want: float
+
+
+class PredictivePolicy:
+    """Forecast-driven allocation on the cheapest on-demand/spot mix (see module docstring)."""
+
+    name = "predictive"
+
+    def __init__(
+        self,
+        context: AllocationContext,
+        *,
+        period_s: float = 86_400.0,
+        season_bins: int = 24,
+        alpha: float = 0.5,
+        beta: float = 0.1,
+        gamma: float = 0.2,
+        error_window: int = 64,
+        margin_quantile: float = 0.95,
+        min_errors: int = 8,
+        min_margin: float = 0.05,
+        max_margin: float = 1.0,
+        cold_margin: float = 0.25,
+        backlog_drain_s: float | None = None,
+        cooldown_intervals: float = 2.0,
+        max_scale_down_fraction: float = 0.2,
+        scale_down_deadband: float = 0.03,
+        min_replicas: int = 1,
+        use_spot: bool = True,
+        seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
+        budget_fraction: float = LATENCY_BUDGET_FRACTION,
+    ) -> None:
+        validate_context(context)
+        validate_common(seq_len, budget_fraction)
+        require(
+            backlog_drain_s is None or backlog_drain_s > 0,
+            f"backlog_drain_s must be > 0, got {backlog_drain_s}",
+            "leave it unset (one interval) or give seconds > 0",
+        )
+        require(
+            cooldown_intervals >= 0 and 0 <= max_scale_down_fraction <= 1,
+            "need cooldown_intervals >= 0 and 0 <= max_scale_down_fraction <= 1",
+            "use e.g. cooldown_intervals 2 and max_scale_down_fraction 0.2",
+        )
+        require(
+            0 <= scale_down_deadband < 1,
+            f"scale_down_deadband must be in [0, 1), got {scale_down_deadband}",
+            "use e.g. 0.03",
+        )
+        require(min_replicas >= 0, "min_replicas must be >= 0", "use a count >= 0")
+        self.context = context
+        self.forecaster = Forecaster(
+            ForecastConfig(
+                period_s=period_s,
+                season_bins=season_bins,
+                alpha=alpha,
+                beta=beta,
+                gamma=gamma,
+                error_window=error_window,
+                margin_quantile=margin_quantile,
+                min_errors=min_errors,
+                min_margin=min_margin,
+                max_margin=max_margin,
+                cold_margin=cold_margin,
+            )
+        )
+        self.backlog_drain_s = backlog_drain_s or context.interval_s
+        self.cooldown_s = cooldown_intervals * context.interval_s
+        self.max_scale_down_fraction = max_scale_down_fraction
+        self.scale_down_deadband = scale_down_deadband
+        self.min_replicas = min_replicas
+        self._options = rank_context(
+            context, allow_spot=use_spot, seq_len=seq_len, budget_fraction=budget_fraction
+        )
+        self._on_demand = {m: o.on_demand() for m, o in self._options.items()}
+        self._ledger = PoolLedger.template(context.pools, context.spot_share)
+
+    def decide(
+        self, snapshot: Snapshot, state: PredictiveState | None
+    ) -> tuple[Plan, PredictiveState]:
+        now = snapshot.time
+        views = {v.name: v for v in snapshot.models}
+        replicas = group_by_model(snapshot.replicas)
+        ledger = self._ledger.copy()
+        targets: list[ReplicaTarget] = []
+        notes = ["predictive"]
+        models: list[tuple[str, PredictiveModel]] = []
+        for m in self.context.models:
+            prev = (state.get(m.model) if state is not None else None) or PredictiveModel()
+            view = views.get(m.model)
+            fstate = self._observe(prev.forecast, now, view)
+            need = self.need(fstate, now, view, self._options[m.model])
+            wants, cap = self._hysteresis(prev, now, need.want, self._options[m.model])
+            placed, note = self._place(m.model, cap, ledger, replicas.get(m.model, []))
+            targets.extend(placed)
+            notes.append(
+                f"{m.model}: forecast {need.peak:.1f} rps +{need.margin:.0%}, "
+                f"floor {need.floor:.1f} → {cap:.1f} rps{note}"
+            )
+            models.append((m.model, PredictiveModel(fstate, wants, cap)))
+        return plan(now, targets, notes), PredictiveState(tuple(models))
+
+    # ----------------------------------------------------------------- steps
+
+    def _observe(
+        self, fstate: ForecastState | None, now: float, view: ModelView | None
+    ) -> ForecastState | None:
+        if view is None:
+            return fstate
+        stamp = now - self.context.interval_s / 2
+        return self.forecaster.observe(fstate, stamp, view.arrival_rate)
+
+    def need(
+        self,
+        fstate: ForecastState | None,
+        now: float,
+        view: ModelView | None,
+        options: ModelOptions,
+    ) -> Need:
+        """Steps 2–5: the capacity (requests/s) this decision wants for one model."""
+        horizon = options.startup_s + self.context.interval_s
+        peak = self.forecaster.peak(fstate, now, now + horizon)
+        margin = self.forecaster.margin(fstate)
+        floor = 0.0
+        if view is not None:
+            floor = max(0.0, view.arrival_rate) + view.queue_length / self.backlog_drain_s
+        return Need(peak, margin, floor, max(peak * (1 + margin), floor))
+
+    def _hysteresis(
+        self, prev: PredictiveModel, now: float, want: float, options: ModelOptions
+    ) -> tuple[tuple[tuple[float, float], ...], float]:
+        """Step 6: the recent wants kept in the state, and the capacity to provision."""
+        cutoff = now - self.cooldown_s - EPS
+        wants = (*(w for w in prev.wants if cutoff <= w[0] < now), (now, want))
+        held = max(w for _, w in wants)
+        lasted = wants[0][0] <= now - self.cooldown_s + EPS
+        if not lasted or held >= prev.capacity_rps * (1 - self.scale_down_deadband):
+            return wants, max(held, prev.capacity_rps)
+        one = options.candidates[0].expected_rps if options.candidates else 0.0
+        step = max(prev.capacity_rps * self.max_scale_down_fraction, one)
+        return wants, max(held, prev.capacity_rps - step)
+
+    def _place(
+        self, model: str, capacity: float, ledger: PoolLedger, replicas: list[ReplicaView]
+    ) -> tuple[list[ReplicaTarget], str]:
+        """Step 7: cover ``capacity`` on the cheapest mix, keeping ready replicas as needed."""
+        options = self._options[model]
+        placed = place_capacity(options, capacity, ledger, self.context.spot_share)
+        targets = list(keep_ready(placed.targets, options, replicas, capacity, ledger))
+        count, spot = placed.count, placed.spot_count
+        if count < self.min_replicas:
+            extra = place_count(self._on_demand[model], self.min_replicas - count, ledger)
+            targets.extend(extra.targets)
+            count += extra.count
+        note = f", {count} replicas ({spot} spot)"
+        if placed.expected_rps + 1e-6 < capacity:
+            note += f"; pools exhausted, {placed.expected_rps:.1f} rps placed (S_t reached)"
+        if not options.meets_slo:
+            note += "; no option meets the SLO, serving best effort"
+        return targets, note
