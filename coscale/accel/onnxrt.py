@@ -54,10 +54,18 @@ def export_onnx(
     return path
 
 
-def make_session(path: Path, *, threads: int = 1) -> ort.InferenceSession:
-    """A CPU InferenceSession with ORT_ENABLE_ALL and ``threads`` intra-op threads."""
+def make_session(path: Path, *, threads: int = 1, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU InferenceSession with ``threads`` intra-op threads.
+
+    ``optimize=True`` (default): ORT_ENABLE_ALL. ``optimize=False``: ORT_DISABLE_ALL, the
+    graph run node by node exactly as stored (a user file's reference baseline).
+    """
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -97,11 +105,17 @@ def quantize_static_file(
     per_channel: bool = True,
     extra_options: Mapping[str, Any] | None = None,
     nodes_to_exclude: Sequence[str] = (),
+    op_types: Sequence[str] | None = None,
+    unsigned_activations: bool = False,
+    qdq: bool = True,
 ) -> Path:
     """Static int8 in QDQ format, activations calibrated (MinMax) on ``calibration`` feeds.
 
     ``nodes_to_exclude``: node names left in float32 (e.g. a final Softmax, whose int8
-    output would no longer sum to 1)."""
+    output would no longer sum to 1). ``op_types``: quantize only nodes of these op types
+    (None: every op type ORT can quantize). ``unsigned_activations``: uint8 activations
+    (U8S8, the fast path of ORT's x86 kernels; measured 1.6x faster than S8S8 on
+    MiniLM) instead of int8. ``qdq=False``: QOperator format (QLinearMatMul, …)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -117,12 +131,13 @@ def quantize_static_file(
         src,
         tmp,
         Reader(calibration),
-        quant_format=QuantFormat.QDQ,
+        quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
         per_channel=per_channel,
-        activation_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8 if unsigned_activations else QuantType.QInt8,
         weight_type=QuantType.QInt8,
         extra_options=dict(extra_options or {}),
         nodes_to_exclude=list(nodes_to_exclude),
+        op_types_to_quantize=list(op_types) if op_types is not None else None,
     )
     os.replace(tmp, dst)
     return dst

@@ -88,14 +88,14 @@ class HardwareBlock(_Strict):
     cpu: str
     logical_cpus: int = Field(ge=1)
     flags: list[str]
-    memory_gib: float = Field(ge=0)
+    memory_gib: int = Field(ge=0, description="total memory, GiB rounded to an integer")
     accelerators: list[Accelerator]
     software: dict[str, str] = Field(description="library versions; not in the fingerprint")
 
     def describe(self) -> str:
         """One line: CPU, logical CPUs, memory, accelerators."""
         accels = ", ".join(a.name for a in self.accelerators) or "no accelerator"
-        return f"{self.cpu}, {self.logical_cpus} logical CPUs, {self.memory_gib:g} GiB, {accels}"
+        return f"{self.cpu}, {self.logical_cpus} logical CPUs, {self.memory_gib} GiB, {accels}"
 
 
 class VariantProfile(_Strict):
