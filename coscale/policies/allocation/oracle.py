@@ -13,9 +13,15 @@ start-up (the longest of its options, as for the predictive policy):
    so the oracle keeps as much of them as the demand until then needs:
    ``C = max(D_future, min(existing, D_window))`` with ``D_window`` = peak demand over
    ``[t, t + u + Δ]`` and ``existing`` = expected capacity of the model's READY replicas
-   in the snapshot (starting ones are not capacity yet; by the shared capacity model, a
-   replica of an option it does not know counting its own ``capacity_rps``). No ready
-   replica (cold start): only ``D_future`` — nothing can serve sooner.
+   in the snapshot (by the shared capacity model, a replica of an option it does not know
+   counting its own ``capacity_rps``). No ready replica (cold start): only ``D_future`` —
+   nothing can serve sooner.
+   Replicas already STARTING (started earlier for demand that is now inside the window
+   but no longer in ``D_future``) serve from ``τ`` = the latest of their ready times
+   (``started_at`` + their node type's start-up; the executor stamps ``started_at`` with
+   the start decision): ``C`` is also at least ``min(existing + starting, D_after)`` with
+   ``D_after`` = peak demand over ``[τ, t + u + Δ]``. A starting replica that would be
+   ready only after the demand has passed is not kept.
 3. **Placement**: ``C`` covered by :func:`~.capacity.place_capacity` over the same
    candidates as the predictive policy (cheapest effective cost per capacity, spot up to
    ``spot_share``, pools' ``S_t``), with no margin, no hysteresis and no minimum:
@@ -38,12 +44,13 @@ samples per window.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from coscale.policies.allocation.capacity import (
     DEFAULT_TYPICAL_SEQ_LEN,
     LATENCY_BUDGET_FRACTION,
     DemandCurve,
+    ModelOptions,
     PoolLedger,
     RateFunction,
     group_by_model,
@@ -56,7 +63,7 @@ from coscale.policies.allocation.capacity import (
     validate_context,
 )
 from coscale.policies.base import AllocationContext
-from coscale.types import Plan, ReplicaTarget, Snapshot
+from coscale.types import Plan, ReplicaState, ReplicaTarget, ReplicaView, Snapshot
 
 Demand = DemandCurve | RateFunction
 
@@ -105,6 +112,20 @@ class OraclePolicy:
         points = [t0 + i * self.sample_step_s for i in range(steps)] + [t1]
         return max(0.0, *(float(d(t)) for t in points))
 
+    def _starting(
+        self, options: ModelOptions, mine: Sequence[ReplicaView], now: float, horizon: float
+    ) -> float:
+        """Step 2, starting replicas: ``min(existing + starting, peak over [τ, t + u + Δ])``."""
+        starting = [r for r in mine if r.state is ReplicaState.STARTING]
+        if not starting:
+            return 0.0
+        startup = {c.node_type: c.startup_s for c in options.candidates}
+        tau = max(r.started_at + startup.get(r.node_type, options.startup_s) for r in starting)
+        if tau > now + horizon:
+            return 0.0
+        capacity = sum(options.capacity_of(r) for r in mine)
+        return min(capacity, self.peak(options.model, max(tau, now), now + horizon))
+
     def decide(self, snapshot: Snapshot, state: None) -> tuple[Plan, None]:
         now, dt = snapshot.time, self.context.interval_s
         replicas = group_by_model(snapshot.replicas)
@@ -118,7 +139,7 @@ class OraclePolicy:
             window = self.peak(m.model, now, now + u + dt)
             mine = replicas.get(m.model, [])
             existing = sum(options.capacity_of(r) for r in mine if r.serving)
-            need = max(future, min(existing, window))
+            need = max(future, min(existing, window), self._starting(options, mine, now, u + dt))
             placed = place_capacity(options, need, ledger, self.context.spot_share)
             targets.extend(keep_ready(placed.targets, options, mine, need, ledger))
             note = f"{m.model}: {need:.1f} rps, {placed.count} replicas ({placed.spot_count} spot)"
