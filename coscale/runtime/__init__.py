@@ -1,0 +1,1 @@
+"""The live data plane: admission, batching, routing, replicas, the controller."""
