@@ -287,8 +287,12 @@ class SloAware:
        already holds ``B`` items, dispatch ``P``: waiting cannot grow it.
     6. Otherwise wait for the batch to fill: ``wake_at = d(P) − lat(P) − margin`` with
        ``margin = margin_s + margin_ratio × lat(P)`` (defaults 0.002 s and 0.1: a
-       10 % allowance for prediction error), capped at ``oldest.arrival + max_wait_s``
-       when ``max_wait_s`` is set (default ``None``: no cap). If ``wake_at ≤ now``,
+       10 % allowance for prediction error), capped at ``oldest.arrival +
+       max_wait_ratio × (oldest.deadline − oldest.arrival)`` (default 0.25: waiting may
+       spend at most a quarter of the oldest request's latency budget, the rest is left
+       for what the profile does not see — transport, HTTP, queueing behind a busy
+       replica; ``None``: no cap) and at ``oldest.arrival + max_wait_s`` when
+       ``max_wait_s`` is set (default ``None``: no cap). If ``wake_at ≤ now``,
        dispatch ``P`` now instead. New arrivals re-run this rule, which dispatches as
        soon as the grown batch has no slack left.
 
@@ -302,6 +306,7 @@ class SloAware:
     max_batch: int = 32
     margin_s: float = 0.002
     margin_ratio: float = 0.1
+    max_wait_ratio: float | None = 0.25
     max_wait_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -309,6 +314,12 @@ class SloAware:
         _check(self.name, self.margin_s >= 0, f"margin_s={self.margin_s} < 0", "use 0.002")
         _check(
             self.name, self.margin_ratio >= 0, f"margin_ratio={self.margin_ratio} < 0", "use 0.1"
+        )
+        _check(
+            self.name,
+            self.max_wait_ratio is None or 0 <= self.max_wait_ratio <= 1,
+            f"max_wait_ratio={self.max_wait_ratio} outside [0, 1]",
+            "omit it (0.25) or give a fraction of the SLO budget",
         )
         _check(
             self.name,
@@ -345,6 +356,11 @@ class SloAware:
         if items_p >= self._capacity_by(now, d_p, seq_p, replica, items_p):
             return BatchDecision(p), None
         wake = d_p - lat_p - (self.margin_s + self.margin_ratio * lat_p)
+        oldest = queue[0]
+        if self.max_wait_ratio is not None:
+            wake = min(
+                wake, oldest.arrival + self.max_wait_ratio * (oldest.deadline - oldest.arrival)
+            )
         if self.max_wait_s is not None:
             wake = min(wake, queue[0].arrival + self.max_wait_s)
         if wake <= now:

@@ -348,27 +348,39 @@ def test_slo_aware_dispatches_when_batch_cannot_grow_in_time() -> None:
 
 
 def test_slo_aware_waits_with_margin_to_fill() -> None:
-    d, _ = slo().decide(0.0, queue(3, deadline=0.2), rep(), None)
+    d, _ = slo(max_wait_ratio=None).decide(0.0, queue(3, deadline=0.2), rep(), None)
     margin = 0.002 + 0.1 * lat(3)
     assert d == BatchDecision(0, pytest.approx(0.2 - lat(3) - margin))
-    d, _ = slo(margin_s=0.0, margin_ratio=0.0).decide(0.0, queue(3, deadline=0.2), rep(), None)
+    d, _ = slo(margin_s=0.0, margin_ratio=0.0, max_wait_ratio=None).decide(
+        0.0, queue(3, deadline=0.2), rep(), None
+    )
     assert d == BatchDecision(0, pytest.approx(0.2 - lat(3)))
 
 
+def test_slo_aware_waits_at_most_a_quarter_of_the_oldest_budget_by_default() -> None:
+    d, _ = slo().decide(0.0, queue(3, arrival=0.0, deadline=0.2), rep(), None)
+    assert d == BatchDecision(0, pytest.approx(0.05))  # 0 + 0.25 × (0.2 − 0)
+    d, _ = slo(max_wait_ratio=0.5).decide(0.0, queue(3, arrival=0.0, deadline=0.2), rep(), None)
+    assert d == BatchDecision(0, pytest.approx(0.1))
+    d, _ = slo().decide(0.05, queue(3, arrival=0.0, deadline=0.2), rep(), None)
+    assert d == BatchDecision(3)
+
+
 def test_slo_aware_max_wait_caps_the_wait() -> None:
-    d, _ = slo(max_wait_s=0.05).decide(0.01, queue(3, arrival=0.0, deadline=0.2), rep(), None)
+    p = slo(max_wait_s=0.05, max_wait_ratio=None)
+    d, _ = p.decide(0.01, queue(3, arrival=0.0, deadline=0.2), rep(), None)
     assert d == BatchDecision(0, pytest.approx(0.05))
-    d, _ = slo(max_wait_s=0.05).decide(0.05, queue(3, arrival=0.0, deadline=0.2), rep(), None)
+    d, _ = p.decide(0.05, queue(3, arrival=0.0, deadline=0.2), rep(), None)
     assert d == BatchDecision(3)
 
 
 def test_slo_aware_dispatches_when_wake_time_has_come() -> None:
-    d, _ = slo().decide(0.172, queue(3, deadline=0.2), rep(), None)  # wake 0.1705 ≤ now
+    d, _ = slo(max_wait_ratio=None).decide(0.172, queue(3, deadline=0.2), rep(), None)
     assert d == BatchDecision(3)
 
 
 def test_slo_aware_arrivals_rerun_the_rule_and_dispatch_grown_batch_without_slack() -> None:
-    p = slo()
+    p = slo(max_wait_ratio=None)
     d, _ = p.decide(0.155, queue(3, deadline=0.2), rep(), None)
     assert d == BatchDecision(0, pytest.approx(0.1705))
     d, _ = p.decide(0.155, queue(6, deadline=0.2), rep(), None)  # wake 0.154 ≤ now
@@ -386,6 +398,8 @@ def test_slo_aware_validates_parameters() -> None:
         SloAware(max_batch=0)
     with pytest.raises(CoscaleError, match="max_wait_s"):
         SloAware(max_wait_s=-0.1)
+    with pytest.raises(CoscaleError, match="max_wait_ratio"):
+        SloAware(max_wait_ratio=1.5)
 
 
 @settings(max_examples=300, deadline=None)
