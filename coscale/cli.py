@@ -679,7 +679,7 @@ def load(
     ] = 0.0,
     duration: Annotated[
         float | None,
-        typer.Option("--duration", help="Seconds of load [trace default: to its end]."),
+        typer.Option("--duration", help="Seconds of load (trace: default to its end)."),
     ] = None,
     rate: Annotated[
         float | None, typer.Option("--rate", help="Open loop: Poisson arrivals per second.")
@@ -699,14 +699,14 @@ def load(
         int, typer.Option("--max-requests", help="Send at most this many requests.")
     ] = 200_000,
     slo_ms: Annotated[
-        float | None, typer.Option("--slo-ms", help="Latency SLO [default: the server's].")
+        float | None, typer.Option("--slo-ms", help="Latency SLO (default: the server's).")
     ] = None,
     payload: Annotated[
         str | None,
         typer.Option(
             "--payload",
             help="Payload kind: digits-cnn, minilm or a model file "
-            "[default: the model's source from GET /v1/models].",
+            "(default: the model's source from GET /v1/models).",
         ),
     ] = None,
     wait_ready: Annotated[
