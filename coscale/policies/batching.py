@@ -264,6 +264,40 @@ class ClipperAimd:
 # ----------------------------------------------------------------------------- slo-aware
 
 
+@dataclass(frozen=True, slots=True)
+class ArrivalEstimate:
+    """SLO-aware batching state: the newest arrival seen and the EWMA of the gaps
+    between arrivals (None until two arrivals have been seen)."""
+
+    last_arrival: float = -math.inf
+    gap_s: float | None = None
+
+
+#: Weight of the newest inter-arrival gap in :class:`ArrivalEstimate`'s average.
+GAP_EWMA_ALPHA = 0.2
+
+
+def observe_arrivals(state: ArrivalEstimate | None, queue: Sequence[Request]) -> ArrivalEstimate:
+    """Fold the queue's requests newer than ``state.last_arrival`` into the gap EWMA.
+
+    The queue is oldest first, so the new requests are its tail; each gap between
+    consecutive new arrivals (and from the previous newest) updates
+    ``gap ← α·gap_new + (1 − α)·gap`` with α = :data:`GAP_EWMA_ALPHA`; the first gap
+    seeds it. O(new requests).
+    """
+    est = state or ArrivalEstimate()
+    start = len(queue)
+    while start > 0 and queue[start - 1].arrival > est.last_arrival:
+        start -= 1
+    last, gap = est.last_arrival, est.gap_s
+    for r in queue[start:]:
+        if math.isfinite(last):
+            new = max(r.arrival - last, 0.0)
+            gap = new if gap is None else GAP_EWMA_ALPHA * new + (1 - GAP_EWMA_ALPHA) * gap
+        last = r.arrival
+    return ArrivalEstimate(last, gap)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SloAware:
     """coscale: the largest batch that still meets its deadlines, waiting to fill it.
@@ -295,10 +329,15 @@ class SloAware:
        ``max_wait_s`` is set (default ``None``: no cap). If ``wake_at ≤ now``,
        dispatch ``P`` now instead. New arrivals re-run this rule, which dispatches as
        soon as the grown batch has no slack left.
+    7. **Wait only for arrivals that are likely.** If the mean gap between arrivals is
+       unknown (fewer than two seen) or longer than ``wake_at − now`` — no further
+       request is expected before the wake-up, so waiting would only add latency —
+       dispatch ``P`` now (work-conserving at low load).
 
     So ``k ≥ 1`` whenever the decision is to dispatch, a batch is never sent knowing it
-    misses a deadline it could have met, and batches grow only on slack. State: none.
-    O(max_batch × log T).
+    misses a deadline it could have met, and batches grow only on slack and on traffic.
+    State: :class:`ArrivalEstimate` (the EWMA of inter-arrival gaps, updated from the
+    queue on every call by :func:`observe_arrivals`). O(max_batch × log T).
     """
 
     name = "slo-aware"
@@ -332,14 +371,26 @@ class SloAware:
         return predicted_service_s(self.latencies, replica, items, seq_len)
 
     def decide(
-        self, now: float, queue: Sequence[Request], replica: ReplicaView, state: None
-    ) -> tuple[BatchDecision, None]:
+        self,
+        now: float,
+        queue: Sequence[Request],
+        replica: ReplicaView,
+        state: ArrivalEstimate | None,
+    ) -> tuple[BatchDecision, ArrivalEstimate | None]:
         if not queue:
-            return EMPTY, None
+            return EMPTY, state
+        est = observe_arrivals(state, queue)
+        return self._decide(now, queue, replica, est.gap_s), est
+
+    def _decide(
+        self, now: float, queue: Sequence[Request], replica: ReplicaView, gap_s: float | None
+    ) -> BatchDecision:
+        if not queue:
+            return EMPTY
         p = prefix_within(queue, self.max_batch)
         late = self._late_run(now, queue, replica, p)
         if late:
-            return BatchDecision(late), None
+            return BatchDecision(late)
         # per prefix length k = 1..p: (latency, earliest deadline, items, seq_len)
         rows: list[tuple[float, float, int, int]] = []
         items, seq, dl = 0, 0, math.inf
@@ -347,14 +398,14 @@ class SloAware:
             items, seq, dl = items + r.items, max(seq, r.seq_len), min(dl, r.deadline)
             lat = self._lat(replica, items, seq)
             if lat is None:
-                return BatchDecision(p), None
+                return BatchDecision(p)
             rows.append((lat, dl, items, seq))
         k_star = max(k for k, (lat, d, _, _) in enumerate(rows, start=1) if now + lat <= d)
         if k_star < p or p < len(queue):
-            return BatchDecision(k_star), None
+            return BatchDecision(k_star)
         lat_p, d_p, items_p, seq_p = rows[-1]
         if items_p >= self._capacity_by(now, d_p, seq_p, replica, items_p):
-            return BatchDecision(p), None
+            return BatchDecision(p)
         wake = d_p - lat_p - (self.margin_s + self.margin_ratio * lat_p)
         oldest = queue[0]
         if self.max_wait_ratio is not None:
@@ -363,9 +414,9 @@ class SloAware:
             )
         if self.max_wait_s is not None:
             wake = min(wake, queue[0].arrival + self.max_wait_s)
-        if wake <= now:
-            return BatchDecision(p), None
-        return BatchDecision(0, wake), None
+        if wake <= now or gap_s is None or gap_s > wake - now:
+            return BatchDecision(p)
+        return BatchDecision(0, wake)
 
     def _late_run(self, now: float, queue: Sequence[Request], replica: ReplicaView, p: int) -> int:
         """Length of the leading run (≤ p) of requests that miss their deadline even alone."""

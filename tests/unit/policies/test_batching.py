@@ -12,12 +12,14 @@ from coscale.errors import CoscaleError
 from coscale.policies.batching import (
     EMPTY,
     AimdState,
+    ArrivalEstimate,
     ClipperAimd,
     FixedBatching,
     NoBatching,
     RayServeBatch,
     SloAware,
     TritonDynamic,
+    observe_arrivals,
     prefix_within,
 )
 from coscale.types import BatchDecision, LatencyTable, ReplicaState, ReplicaView, Request
@@ -355,6 +357,26 @@ def test_slo_aware_waits_with_margin_to_fill() -> None:
         0.0, queue(3, deadline=0.2), rep(), None
     )
     assert d == BatchDecision(0, pytest.approx(0.2 - lat(3)))
+
+
+def test_slo_aware_does_not_wait_when_no_arrival_is_expected_before_the_wake_up() -> None:
+    lone = [req(0, 0.0, 0.2)]
+    d, est = slo().decide(0.0, lone, rep(), None)  # one arrival seen: gap unknown
+    assert d == BatchDecision(1)
+    assert est == ArrivalEstimate(0.0, None)
+    d, _ = slo().decide(0.0, lone, rep(), ArrivalEstimate(-1.0, 1.0))  # gap 1 s > wait 0.05
+    assert d == BatchDecision(1)
+    d, _ = slo().decide(0.0, lone, rep(), ArrivalEstimate(-0.01, 0.01))  # gap 10 ms < wait
+    assert d == BatchDecision(0, pytest.approx(0.05))
+
+
+def test_observe_arrivals_folds_only_new_requests_into_the_gap_average() -> None:
+    est = observe_arrivals(None, [req(0, 1.0, 9.0), req(1, 1.1, 9.0)])
+    assert est == ArrivalEstimate(1.1, pytest.approx(0.1))
+    again = observe_arrivals(est, [req(0, 1.0, 9.0), req(1, 1.1, 9.0)])
+    assert again == est  # nothing new
+    later = observe_arrivals(est, [req(1, 1.1, 9.0), req(2, 1.6, 9.0)])
+    assert later == ArrivalEstimate(1.6, pytest.approx(0.2 * 0.5 + 0.8 * 0.1))
 
 
 def test_slo_aware_waits_at_most_a_quarter_of_the_oldest_budget_by_default() -> None:
