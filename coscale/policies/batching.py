@@ -329,10 +329,14 @@ class SloAware:
        ``max_wait_s`` is set (default ``None``: no cap). If ``wake_at ≤ now``,
        dispatch ``P`` now instead. New arrivals re-run this rule, which dispatches as
        soon as the grown batch has no slack left.
-    7. **Wait only for arrivals that are likely.** If the mean gap between arrivals is
-       unknown (fewer than two seen) or longer than ``wake_at − now`` — no further
-       request is expected before the wake-up, so waiting would only add latency —
-       dispatch ``P`` now (work-conserving at low load).
+    7. **Wait only when batching is needed and arrivals are likely.** With ``g`` the mean
+       gap between arrivals (EWMA) and ``lat(1)`` the oldest request's latency alone,
+       wait only if ``g`` is known (two arrivals seen), ``g ≤ wake_at − now`` (another
+       request is expected before the wake-up) and ``lat(1) / g ≥ busy_threshold``
+       (default 0.5: served one at a time the model would be busy at least half the
+       time, so batching buys throughput). Otherwise dispatch ``P`` now: at low load
+       waiting would only add latency — and in a closed loop it would feed itself, the
+       wait stretching the gaps it was meant to fill.
 
     So ``k ≥ 1`` whenever the decision is to dispatch, a batch is never sent knowing it
     misses a deadline it could have met, and batches grow only on slack and on traffic.
@@ -346,6 +350,7 @@ class SloAware:
     margin_s: float = 0.002
     margin_ratio: float = 0.1
     max_wait_ratio: float | None = 0.25
+    busy_threshold: float = 0.5
     max_wait_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -353,6 +358,12 @@ class SloAware:
         _check(self.name, self.margin_s >= 0, f"margin_s={self.margin_s} < 0", "use 0.002")
         _check(
             self.name, self.margin_ratio >= 0, f"margin_ratio={self.margin_ratio} < 0", "use 0.1"
+        )
+        _check(
+            self.name,
+            self.busy_threshold >= 0,
+            f"busy_threshold={self.busy_threshold} < 0",
+            "omit it (0.5) or give a utilization ≥ 0",
         )
         _check(
             self.name,
@@ -414,9 +425,15 @@ class SloAware:
             )
         if self.max_wait_s is not None:
             wake = min(wake, queue[0].arrival + self.max_wait_s)
-        if wake <= now or gap_s is None or gap_s > wake - now:
+        if wake <= now or not self._worth_waiting(gap_s, wake - now, rows[0][0]):
             return BatchDecision(p)
         return BatchDecision(0, wake)
+
+    def _worth_waiting(self, gap_s: float | None, wait_s: float, lat_one: float) -> bool:
+        """Rule 7: an arrival is expected within the wait and the load needs batching."""
+        if gap_s is None or gap_s > wait_s:
+            return False
+        return gap_s <= 0 or lat_one / gap_s >= self.busy_threshold
 
     def _late_run(self, now: float, queue: Sequence[Request], replica: ReplicaView, p: int) -> int:
         """Length of the leading run (≤ p) of requests that miss their deadline even alone."""

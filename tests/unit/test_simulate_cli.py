@@ -92,7 +92,7 @@ def test_compare_writes_runs_json_and_records(profile_file: Path, tmp_path: Path
         "--profile",
         f"digits={profile_file}",
         "--duration",
-        "30",
+        "45",  # at least two 15 s samples even when the last request finishes early
         "--json",
         str(out),
         "--records",

@@ -370,6 +370,15 @@ def test_slo_aware_does_not_wait_when_no_arrival_is_expected_before_the_wake_up(
     assert d == BatchDecision(0, pytest.approx(0.05))
 
 
+def test_slo_aware_does_not_wait_when_one_at_a_time_keeps_up() -> None:
+    lone = [req(0, 0.0, 0.2)]
+    light = ArrivalEstimate(-0.04, 0.04)  # gap 40 ms < wait 50 ms, but lat(1)/gap = 0.375
+    d, _ = slo().decide(0.0, lone, rep(), light)
+    assert d == BatchDecision(1)
+    d, _ = slo(busy_threshold=0.3).decide(0.0, lone, rep(), light)
+    assert d == BatchDecision(0, pytest.approx(0.05))
+
+
 def test_observe_arrivals_folds_only_new_requests_into_the_gap_average() -> None:
     est = observe_arrivals(None, [req(0, 1.0, 9.0), req(1, 1.1, 9.0)])
     assert est == ArrivalEstimate(1.1, pytest.approx(0.1))
