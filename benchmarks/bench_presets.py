@@ -5,26 +5,33 @@ What it runs
 The cluster of ``examples/cluster.yaml``: 1,000 nodes at the start (1,710 at most) of ten
 types — AWS and GCP CPU types, NVIDIA A10G/L4/A100 and a TPU v5e — with up to half the
 replicas on spot; two models, MiniLM (SLO 200 ms) and the digits CNN (SLO 50 ms), 80/20
-of the requests; service times from the models' measured profiles (this machine's, from
-``coscale profile``, or ``--profile MODEL=PATH``). The pools keep their maxima (1,710
-nodes) but the run starts warm with ``--initial-nodes`` = 20 nodes (the file's 1,000
-starting nodes are ~100× what these workloads need, and how fast each policy sheds them
-would dominate the comparison). Spot preemptions and node failures are drawn
-at the catalog's per-hour rates times ``--fault-scale`` (default 10: the catalog's
-averages are small over a few simulated hours).
+of the requests; service times from the models' measured profiles (the shipped reference
+profiles by default, ``--profile MODEL=PATH`` to replace one). The pools keep their
+maxima (1,710 nodes); with ``--cold-start`` the run starts with ``--initial-nodes`` = 20
+nodes READY (the file's 1,000 starting nodes would dominate the comparison). Spot
+preemptions and node failures are drawn at the catalog's per-hour rates times
+``--fault-scale`` (default 10: the catalog's averages are small over a few simulated
+hours).
 
-Workloads (both through :func:`coscale.sim.run.prepare`, one seeded draw shared by all
-presets):
+Workloads (both through :func:`coscale.sim.run.prepare`, one draw shared by all presets),
+simulated by default as a **fluid** (``--mode fluid``, :mod:`coscale.sim.fluid`: rates, not
+requests, so that the load can need tens to hundreds of replicas), every preset starting
+warm (the replicas its own variants need for the first five minutes; ``--cold-start``
+starts from ``--initial-nodes`` instead), with the shipped reference profiles
+(``--local-profiles`` for this machine's):
 
-* ``azure-code``: the Azure LLM inference 2023 code trace, replayed in real time
-  (8,819 requests in 57 min, on/off bursts); token counts → MiniLM sequence lengths
-  (clamped to the longest profiled length).
 * ``servegen``: the ServeGen language m-large 14-day rate table (162 clients),
-  compressed ``--servegen-time-scale`` = 24× (one day per simulated hour, 14 hours) and
-  thinned to ``--servegen-rate-scale`` = 0.0025 of its published rates (about 590,000
-  requests), so that a request-level run of each preset takes tens of seconds. Shape,
-  burstiness per client and the diurnal/weekly pattern are kept; the absolute rate is
-  not (and so neither is the number of replicas it needs).
+  compressed ``--servegen-time-scale`` = 24× (one day per simulated hour, 14 hours) at
+  ``--servegen-rate-scale`` = 5× its published rates (1.18 billion requests, 23,500/s
+  on average, up to 70,000/s).
+* ``azure-code``: the Azure LLM inference 2023 code trace (8,819 requests in 57 min,
+  on/off bursts) binned per second, each request standing for ``--azure-rate-scale`` =
+  100 (bursts up to 5,500/s after silences of minutes).
+
+``--mode discrete`` runs request by request as before (defaults: ServeGen at 0.0025× its
+rates, 590,000 requests; Azure in real time). ``--check-fluid`` also runs a short ServeGen
+workload (``--check-duration`` 7,200 s at ``--check-rate-scale`` 0.01×) both ways, side
+by side, to check the fluid against the request-level simulator.
 
 Each preset (baseline, optimized-a, optimized-b, hpa, kpa, rayserve, oracle) runs on the
 same workload and seed. Reported per run: cost (and cost / oracle), SLO attainment,
@@ -43,8 +50,9 @@ requests per wall second should not fall with the replica count for the indexed 
 
 Usage::
 
-    python benchmarks/bench_presets.py                      # both traces, every preset
-    python benchmarks/bench_presets.py --jobs 2 --json bench.json --scale
+    python benchmarks/bench_presets.py                      # both traces, every preset (fluid)
+    python benchmarks/bench_presets.py --jobs 2 --json bench.json --check-fluid
+    python benchmarks/bench_presets.py --mode discrete --scale
     python benchmarks/bench_presets.py --traces azure-code --presets baseline,oracle
 """
 
@@ -63,6 +71,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "examples" / "cluster.yaml"
+SHIPPED = ROOT / "coscale" / "data" / "profiles"
 PRESETS = ("baseline", "optimized-a", "optimized-b", "hpa", "kpa", "rayserve", "oracle")
 TRACES = ("azure-code", "servegen")
 PREDICTIVE = ("optimized-a", "optimized-b")
@@ -103,18 +112,31 @@ def _scenario(trace: str, args: argparse.Namespace) -> Any:
     return base.model_copy(update={"workload": workload, "seed": args.seed})
 
 
-def _options(trace: str, args: argparse.Namespace) -> Any:
+def _options(trace: str, args: argparse.Namespace, *, fluid: bool | None = None) -> Any:
     from coscale.sim.run import SimOptions
 
+    fluid = args.mode == "fluid" if fluid is None else fluid
     profiles: dict[str, Path] = {}
+    if args.shipped_profiles:
+        profiles = {
+            m: SHIPPED / f"{src}.json"
+            for m, src in (("minilm", "minilm"), ("digits", "digits-cnn"))
+        }
     for flag in args.profile or []:
         name, _, path = flag.partition("=")
         profiles[name] = Path(path)
+    if trace == "servegen":
+        rate = args.servegen_rate_scale
+    else:
+        rate = args.azure_rate_scale if fluid else 1.0
     return SimOptions(
-        rate_scale=args.servegen_rate_scale if trace == "servegen" else 1.0,
+        rate_scale=rate,
         fault_scale=args.fault_scale,
         profiles=profiles,
         nodes=args.nodes,
+        fluid=fluid,
+        warm_start=args.warm_start,
+        duration_s=args.duration,
     )
 
 
@@ -127,7 +149,7 @@ def _run_one(job: tuple[str, str, argparse.Namespace]) -> dict[str, Any]:
     result = run_preset(prepared, preset)
     summary = result.summary.to_dict()
     summary["trace"] = trace
-    summary["workload_requests"] = len(result.requests)
+    summary["workload_requests"] = summary["requests"]
     return summary
 
 
@@ -199,6 +221,41 @@ def _print_runs(runs: list[dict[str, Any]]) -> None:
             f"{r['latency_ms']['p99']:9.1f} {r['reliability']:8.5f} {r['rejected']:8,} "
             f"{reps:>12} {faults:7} {r['wall_s']:7.1f}"
         )
+
+
+# ------------------------------------------------------------------ fluid vs discrete
+
+CHECK_PRESETS = ("baseline", "optimized-a", "optimized-b", "hpa", "rayserve", "oracle")
+
+
+def _check_fluid(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The same short ServeGen workload (``--check-duration`` simulated seconds at
+    ``--check-rate-scale``) run request by request and as a fluid, side by side."""
+    from coscale.sim.run import prepare, run_preset
+
+    sub = argparse.Namespace(**vars(args))
+    sub.servegen_rate_scale = args.check_rate_scale
+    sub.duration = args.check_duration
+    rows: list[dict[str, Any]] = []
+    print(
+        f"\nfluid vs discrete (servegen, {args.check_duration:g} s at "
+        f"{args.check_rate_scale:g}x its rates, x{args.servegen_time_scale:g}):"
+    )
+    print(
+        f"  {'preset':12} {'mode':9} {'requests':>10} {'cost $':>8} {'SLO':>9} "
+        f"{'p99 ms':>8} {'wall s':>7}"
+    )
+    for fluid in (False, True):
+        prepared = prepare(_scenario("servegen", sub), _options("servegen", sub, fluid=fluid))
+        for preset in CHECK_PRESETS:
+            s = run_preset(prepared, preset).summary.to_dict()
+            row = {"preset": preset, "mode": "fluid" if fluid else "discrete", **s}
+            rows.append(row)
+            print(
+                f"  {preset:12} {row['mode']:9} {s['requests']:10,} {s['cost_usd']:8.3f} "
+                f"{s['slo_attainment']:9.4%} {s['latency_ms']['p99']:8.1f} {s['wall_s']:7.1f}"
+            )
+    return rows
 
 
 # ------------------------------------------------------------------ executor scale
@@ -285,9 +342,33 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--traces", default=",".join(TRACES))
-    ap.add_argument("--servegen-rate-scale", type=float, default=0.0025)
+    ap.add_argument("--mode", choices=("fluid", "discrete"), default="fluid")
+    ap.add_argument(
+        "--servegen-rate-scale", type=float, default=None, help="default 5 fluid, 0.0025 discrete"
+    )
     ap.add_argument("--servegen-time-scale", type=float, default=24.0)
     ap.add_argument("--azure-time-scale", type=float, default=1.0)
+    ap.add_argument(
+        "--azure-rate-scale", type=float, default=100.0, help="fluid: requests per trace request"
+    )
+    ap.add_argument("--duration", type=float, default=None, help="simulated seconds to keep")
+    ap.add_argument(
+        "--cold-start",
+        dest="warm_start",
+        action="store_false",
+        help="start from --initial-nodes instead of the first minutes' demand (warm start)",
+    )
+    ap.add_argument(
+        "--local-profiles",
+        dest="shipped_profiles",
+        action="store_false",
+        help="use this machine's profiles (default: the shipped reference profiles)",
+    )
+    ap.add_argument(
+        "--check-fluid",
+        action="store_true",
+        help="also run fluid and discrete side by side on a short ServeGen run",
+    )
     ap.add_argument("--fault-scale", type=float, default=10.0)
     ap.add_argument("--nodes", type=int, default=None, help="rescale the cluster's pools")
     ap.add_argument(
@@ -301,8 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     ap.add_argument("--scale", action="store_true", help="also time the executor's scaling")
     ap.add_argument("--scale-requests", type=int, default=200_000)
+    ap.add_argument("--check-rate-scale", type=float, default=0.01)
+    ap.add_argument("--check-duration", type=float, default=7200.0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.servegen_rate_scale is None:
+        args.servegen_rate_scale = 5.0 if args.mode == "fluid" else 0.0025
     presets = [p for p in args.presets.split(",") if p]
     traces = [t for t in args.traces.split(",") if t]
     bad = [t for t in traces if t not in TRACES] + [p for p in presets if p not in PRESETS]
@@ -317,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [_run_one(j) for j in jobs]
     _oracle_ratios(runs)
     print(
-        f"cluster: {SCENARIO.relative_to(ROOT)}; fault scale {args.fault_scale:g}; seed {args.seed}"
+        f"cluster: {SCENARIO.relative_to(ROOT)}; mode {args.mode}; fault scale "
+        f"{args.fault_scale:g}; seed {args.seed}; servegen x{args.servegen_time_scale:g} at "
+        f"{args.servegen_rate_scale:g}x its rates; azure x{args.azure_rate_scale:g} load"
     )
     _print_runs(runs)
     goals = _goals(runs)
@@ -325,12 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, ok, numbers in goals:
         mark = "n/a " if ok is None else ("MET " if ok else "MISS")
         print(f"  [{mark}] {label}: {numbers}")
+    check: list[dict[str, Any]] = []
+    if args.check_fluid:
+        check = _check_fluid(args)
     scale: list[dict[str, Any]] = []
     if args.scale:
         print("\nexecutor scale (static cluster, 70 % load, no batching):")
         for routing in ("earliest-completion", "round-robin", "power-of-two"):
-            # power of two scans every replica per batch (O(R)): a tenth of the requests
-            n = args.scale_requests // (10 if routing == "power-of-two" else 1)
+            n = args.scale_requests
             for nodes in (1_000, 10_000):
                 row = _scale_run(nodes, routing, n, args.seed)
                 scale.append(row)
@@ -347,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     "runs": runs,
                     "goals": [{"goal": g, "met": ok, "numbers": n} for g, ok, n in goals],
                     "scale": scale,
+                    "fluid_check": check,
                     "wall_s": total,
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "python": sys.version.split()[0],

@@ -138,15 +138,17 @@ def write_scenario(
     variant: str | None,
     preset: str,
     batching: dict[str, Any] | None = None,
+    max_batch: int | None = None,
 ) -> Path:
-    """A one-model scenario on this machine (local-2vcpu, one node)."""
+    """A one-model scenario on this machine (local-2vcpu, one node); ``max_batch``
+    defaults to the model's in :data:`MODELS` (raised to fit larger requests)."""
     spec = MODELS[source]
     model: dict[str, Any] = {
         "name": spec["name"],
         "source": source,
         "slo_ms": spec["slo_ms"],
         "accuracy_floor": spec["floor"],
-        "max_batch": spec["max_batch"],
+        "max_batch": max_batch or spec["max_batch"],
     }
     if variant is not None:
         model["variants"] = [variant]
@@ -259,6 +261,7 @@ async def find_limit(
     trial_s: float,
     refine: int,
     max_trials: int,
+    binary: bool = False,
 ) -> dict[str, Any]:
     """The highest Poisson rate whose served p99 is within the SLO (module docstring)."""
     ceiling = CEILING * offline_items_s / items
@@ -274,6 +277,7 @@ async def find_limit(
             items=items,
             seed=next(seeds),
             timeout_s=max(5.0, 20 * slo_ms / 1000.0),
+            binary=binary,
         )
         result = await run_load(config)
         s = result.summary
@@ -297,6 +301,7 @@ async def find_limit(
     served = best.summary.extra["items_throughput"] if best is not None else 0.0
     return {
         "items_per_request": items,
+        "body": "npy" if binary else "json",
         "best_rate_rps": found.best,
         "served_items_per_s": served,
         "fraction_of_offline": served / offline_items_s if offline_items_s > 0 else 0.0,
@@ -352,10 +357,15 @@ def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str
     log(f"[A] {source}: variant {variant} (load average {load_average():.1f})")
     offline, profile = offline_throughput(source, variant, quick=args.quick, folder=folder)
     batching = {"name": args.batching} if args.batching else None
-    scenario = write_scenario(
-        folder, source, variant=variant, preset=args.preset, batching=batching
-    )
     items_list = args.items or (spec["quick_items"] if args.quick else spec["items"])
+    scenario = write_scenario(
+        folder,
+        source,
+        variant=variant,
+        preset=args.preset,
+        batching=batching,
+        max_batch=max(spec["max_batch"], *items_list),
+    )
     rows = []
     with CoscaleServer(scenario, profile, folder) as server:
         log(f"  serving at {server.url}")
@@ -373,6 +383,7 @@ def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str
                         trial_s=args.trial_s,
                         refine=args.refine,
                         max_trials=args.max_trials,
+                        binary=args.binary,
                     )
                 )
             )
@@ -499,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         "--batching", default=None, help="part A: override the preset's batching policy"
     )
     parser.add_argument("--items", default=None, help="items per request, e.g. 1,64")
+    parser.add_argument(
+        "--binary", action="store_true", help="part A: .npy bodies and answers instead of JSON"
+    )
     parser.add_argument("--trial-s", type=float, default=None, help="seconds per trial")
     parser.add_argument("--refine", type=int, default=None, help="bisection steps")
     parser.add_argument("--max-trials", type=int, default=None)
@@ -553,7 +567,8 @@ def print_report(results: dict[str, Any]) -> None:
             rate = row["best_rate_rps"]
             text = "no rate met the SLO" if rate is None else f"{rate:,.1f} req/s"
             print(
-                f"   items/request {row['items_per_request']:>3}: best {text}, served "
+                f"   {row.get('body', 'json')} × {row['items_per_request']:>4} items: best {text}, "
+                "served "
                 f"{row['served_items_per_s']:,.0f} items/s = "
                 f"{row['fraction_of_offline']:.3f} of offline (goal ≥ 0.9)"
             )

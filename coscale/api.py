@@ -24,6 +24,10 @@ Every error, whatever raised it, is a JSON body ``{"error": code, "message": tex
 400    ``malformed_json``              the body is not JSON (position in the message), or
                                        uses NaN/Infinity as numbers
 400    ``bad_request``                 unreadable body, bad Content-Length
+401    ``unauthorized``                no ``Authorization: Bearer KEY``, or a wrong key
+                                       (scenarios with tenants; :mod:`coscale.tenancy`)
+403    ``forbidden``                   the key may not see this: another tenant's stats, a
+                                       cluster-wide view, or inference with the admin key
 404    ``unknown_model``               no such model (the message lists the models)
 404    ``not_found``                   no such route
 405    ``method_not_allowed``          route exists, method does not (``Allow`` header)
@@ -37,6 +41,8 @@ Every error, whatever raised it, is a JSON body ``{"error": code, "message": tex
                                        model's own check, naming the item)
 429    ``overloaded``                  admission control shed the request; ``Retry-After``
                                        header in whole seconds (≥ 1)
+429    ``rate_limited``,               the tenant is over its rate limit or quota
+       ``quota_exceeded``              (``Retry-After`` unless the quota is for the run)
 502    ``replica_failure``             the batch failed on every replica tried
 503    ``not_ready``                   no serving replica yet, or shutting down
 504    ``deadline_exceeded``           the deadline passed before the answer
@@ -77,13 +83,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
+import numpy as np
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -93,6 +100,7 @@ from coscale.clock import Clock
 from coscale.errors import CoscaleError
 from coscale.runtime.batcher import loop_scheduler
 from coscale.runtime.contract import NotReady, Overloaded, PayloadTooLarge, Serving
+from coscale.runtime.wire import NPY_MEDIA_TYPE, decode_npy, encode_npy, media_type, wants_npy
 from coscale.telemetry.prometheus import (
     CONTENT_TYPE,
     LATENCY_BUCKETS_S,
@@ -102,6 +110,9 @@ from coscale.telemetry.prometheus import (
 from coscale.telemetry.prometheus import merge_expositions as _merge
 from coscale.telemetry.sampler import Sampler
 from coscale.telemetry.score import RecordLike, ScoreCollector, reference_energy_per_item
+
+if TYPE_CHECKING:
+    from coscale.tenancy import TenantAuth
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -252,10 +263,13 @@ class StatsResponse(BaseModel):
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     words = {
         400: "Malformed JSON or unreadable body.",
+        401: "No API key, or a wrong one (scenarios with tenants; WWW-Authenticate: Bearer).",
+        403: "The key may not see this (another tenant's stats, a cluster-wide view).",
         404: "No such model.",
         413: "Body, item count or a string over the limit.",
         422: "The body or an item is invalid; the message names the field or item.",
-        429: "Overloaded: retry after the Retry-After header's seconds.",
+        429: "Overloaded, or over the tenant's rate limit or quota: retry after the "
+        "Retry-After header's seconds.",
         502: "The batch failed on every replica tried.",
         503: "Not ready, or shutting down.",
         504: "The deadline passed before the answer.",
@@ -443,7 +457,9 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        constant = non_json_constant(body)
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        binary = media_type(content_type) == NPY_MEDIA_TYPE
+        constant = None if binary else non_json_constant(body)
         if constant is not None:
             await _send_json(
                 send,
@@ -571,20 +587,99 @@ def _longest_string(item: Any) -> int:
 
 def check_limits(inputs: Sequence[Any], limits: ApiLimits) -> None:
     """Raise :class:`PayloadTooLarge` for too many items or a string over the limit."""
-    if len(inputs) > limits.max_items:
+    _check_item_count(len(inputs), limits)
+    for index, item in enumerate(inputs):
+        _check_string_length(index, _longest_string(item), limits)
+
+
+def _check_string_length(index: int, longest: int, limits: ApiLimits) -> None:
+    if longest > limits.max_string_chars:
         raise PayloadTooLarge(
-            f"the request has {len(inputs):,} items; the limit is {limits.max_items:,} "
+            f"inputs[{index}]: item {index} holds a string of {longest:,} characters; "
+            f"the limit is {limits.max_string_chars:,}.",
+            fix="Shorten or split the text.",
+        )
+
+
+def _check_item_count(count: int, limits: ApiLimits) -> None:
+    if count > limits.max_items:
+        raise PayloadTooLarge(
+            f"inputs: the request has {count:,} items; the limit is {limits.max_items:,} "
             "per request.",
             fix="Split the items over several requests.",
         )
-    for index, item in enumerate(inputs):
-        longest = _longest_string(item)
-        if longest > limits.max_string_chars:
-            raise PayloadTooLarge(
-                f"item {index} holds a string of {longest:,} characters; the limit is "
-                f"{limits.max_string_chars:,}.",
-                fix="Shorten or split the text.",
-            )
+
+
+def check_array_limits(array: np.ndarray, limits: ApiLimits) -> None:
+    """:func:`check_limits` for a binary request: items are the rows of the first axis;
+    strings (``<U`` arrays) are measured in one vectorized pass."""
+    _check_item_count(len(array), limits)
+    if array.dtype.kind == "U" and array.size:
+        lengths = np.char.str_len(array).reshape(len(array), -1).max(axis=1)
+        index = int(np.argmax(lengths))
+        _check_string_length(index, int(lengths[index]), limits)
+
+
+def parse_infer_json(body: bytes, kind: str = "application/json") -> InferRequest:
+    """The JSON body of an inference request, validated against :class:`InferRequest`.
+
+    Errors read as FastAPI's own would: an empty body is a missing ``body``; a media type
+    ``kind`` that is neither absent nor JSON (``application/json``, ``…+json``) is a body
+    that is not a JSON object; text that is not JSON (or not UTF-8) is ``malformed_json``
+    with the character position; a schema mismatch is a :class:`RequestValidationError`
+    whose locations start with ``body``.
+    """
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise RequestValidationError([{"type": "model_type", "loc": ("body",), "msg": kind}])
+    if not body.strip():
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "missing"}])
+    try:
+        return InferRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise RequestValidationError([_json_error(body)]) from None
+        located = [{**e, "loc": ("body", *e["loc"])} for e in errors]
+        raise RequestValidationError(located) from None
+
+
+def _json_error(body: bytes) -> dict[str, Any]:
+    """A ``json_invalid`` error with the position and reason Python's parser gives."""
+    try:
+        json.loads(body)
+    except UnicodeDecodeError as exc:
+        return {"type": "json_invalid", "loc": ("body", exc.start), "ctx": {"error": str(exc)}}
+    except ValueError as exc:
+        where = getattr(exc, "pos", 0)
+        reason = getattr(exc, "msg", str(exc))
+        return {"type": "json_invalid", "loc": ("body", where), "ctx": {"error": reason}}
+    return {"type": "json_invalid", "loc": ("body", 0), "ctx": {"error": "invalid JSON"}}
+
+
+#: OpenAPI request body of the infer route: JSON (InferRequest) or one ``.npy`` array.
+_INFER_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+            NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _publish_infer_request_schema(app: FastAPI) -> None:
+    """Add :class:`InferRequest` to the OpenAPI components: the infer route reads its body
+    itself (JSON or ``.npy``), so FastAPI does not list the model on its own."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = generate()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("InferRequest", InferRequest.model_json_schema())
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- the app
@@ -610,6 +705,7 @@ def create_app(
     metrics_sources: Sequence[Callable[[], str]] = (),
     tenant_of: Callable[[Request], str] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    auth: TenantAuth | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``serving`` (module docstring).
 
@@ -617,7 +713,8 @@ def create_app(
     Prometheus expositions appended to ``/metrics`` (the sampler's, the score's).
     ``tenant_of``: the tenant of a request (default: :data:`DEFAULT_TENANT`; an
     authenticating function replaces it). ``lifespan``: start/stop the serving system
-    with the server.
+    with the server. ``auth``: API keys, rate limits and quotas of the scenario's tenants
+    (:mod:`coscale.tenancy`; None: anonymous); it supplies ``tenant_of`` when none is given.
     """
     limits = limits or ApiLimits()
     http_metrics = _HttpMetrics()
@@ -632,6 +729,12 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    if auth is not None:
+        from coscale.tenancy import AuthMiddleware
+
+        app.add_middleware(AuthMiddleware, auth=auth, retry_after=retry_after_seconds)
+        metrics_sources = [*metrics_sources, auth.render]
+        tenant_of = tenant_of or auth.tenant_of
     app.add_middleware(CatchAllMiddleware, metrics=http_metrics)
     app.state.serving = serving
     app.state.limits = limits
@@ -643,25 +746,62 @@ def create_app(
     @app.post(
         "/v1/models/{model}/infer",
         response_model=InferResponse,
-        responses=_errors(400, 404, 413, 422, 429, 502, 503, 504),
+        responses={
+            200: {"content": {NPY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+            **_errors(400, 401, 403, 404, 413, 422, 429, 502, 503, 504),
+        },
+        openapi_extra=_INFER_REQUEST_BODY,
         summary="Run a model on a list of inputs",
     )
-    async def infer(model: str, body: InferRequest, request: Request) -> Response:
-        """One output per input item, in order (batched with other requests' items)."""
-        check_limits(body.inputs, limits)
-        timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
+    async def infer(
+        model: str,
+        request: Request,
+        timeout_ms: Annotated[
+            float | None,
+            Query(gt=0, le=MAX_TIMEOUT_MS, description="Timeout of a binary request (ms)."),
+        ] = None,
+    ) -> Response:
+        """One output per input item, in order (batched with other requests' items).
+
+        JSON (``{"inputs": [...]}``) or, with ``Content-Type: application/x-npy``, one array
+        with the batch axis first (:mod:`coscale.runtime.wire`); with ``Accept:
+        application/x-npy`` the answer is the float32 output rows as one ``.npy`` array.
+        """
+        body = await request.body()
+        kind = media_type(request.headers.get("content-type"))
+        if kind == NPY_MEDIA_TYPE:
+            items: Any = decode_npy(body)
+            check_array_limits(items, limits)
+        else:
+            parsed = parse_infer_json(body, kind)
+            items, timeout_ms = parsed.inputs, parsed.timeout_ms or timeout_ms
+            check_limits(items, limits)
+        raw = wants_npy(request.headers.get("accept"))
+        timeout_s = timeout_ms / 1000.0 if timeout_ms is not None else None
         outputs = await serving.infer(
-            model, body.inputs, tenant=tenant(request), timeout_s=timeout_s
+            model, items, tenant=tenant(request), timeout_s=timeout_s, raw=raw
         )
+        if raw:
+            return Response(encode_npy(outputs), media_type=NPY_MEDIA_TYPE)
         return JSONResponse({"outputs": outputs})
+
+    _publish_infer_request_schema(app)
 
     @app.get("/v1/models", response_model=ModelsResponse, summary="Models and their replicas")
     async def models() -> Response:
         return JSONResponse({"models": serving.models()})
 
-    @app.get("/v1/stats", response_model=StatsResponse, summary="The run summary so far")
-    async def stats(tenant: str | None = None) -> Response:
-        """Requests, outcomes, latency percentiles, throughput, cost, energy, SLO attainment."""
+    @app.get(
+        "/v1/stats",
+        response_model=StatsResponse,
+        responses=_errors(401, 403),
+        summary="The run summary so far",
+    )
+    async def stats(request: Request, tenant: str | None = None) -> Response:
+        """Requests, outcomes, latency percentiles, throughput, cost, energy, SLO attainment
+        (with tenants: a tenant's key sees its own; the admin key any tenant's or all)."""
+        if auth is not None:
+            tenant = auth.stats_tenant(request, tenant)
         return JSONResponse(serving.stats(tenant))
 
     @app.get("/healthz", response_model=StatusBody, summary="Liveness")
@@ -682,10 +822,15 @@ def create_app(
     @app.get(
         "/metrics",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text."}},
-        summary="Prometheus metrics",
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text."},
+            **_errors(401, 403),
+        },
+        summary="Prometheus metrics (with tenants: the admin key only)",
     )
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if auth is not None:
+            auth.require_admin(request, "/metrics")
         texts = [serving.metrics_text(), *(source() for source in metrics_sources)]
         texts.append(http_metrics.registry.render())
         return Response(_merge(*texts), media_type=None, headers={"Content-Type": CONTENT_TYPE})
@@ -826,6 +971,7 @@ def run_server(
     telemetry: LiveTelemetry | None = None,
     on_ready: Callable[[], None] | None = None,
     log_level: str = "info",
+    auth: TenantAuth | None = None,
 ) -> None:
     """Serve ``system`` over HTTP until SIGTERM/SIGINT, then drain and return.
 
@@ -873,7 +1019,7 @@ def run_server(
                     telemetry.sampler.stop()
 
     sources = [telemetry.render] if telemetry is not None else []
-    app = create_app(system, limits=limits, metrics_sources=sources, lifespan=lifespan)
+    app = create_app(system, limits=limits, metrics_sources=sources, lifespan=lifespan, auth=auth)
     config = uvicorn.Config(
         app,
         log_level=log_level,

@@ -467,13 +467,22 @@ def serve(
         str | None, typer.Option("--preset", help="Policy preset (default: the scenario's).")
     ] = None,
     backend: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--backend",
-            help="Where replicas run: local (worker processes) or "
-            "inprocess (threads of this process).",
+            help="Where replicas run: local (worker processes), "
+            "inprocess (threads of this process) or ray (Ray actors). "
+            "Default: the scenario's cluster.backend (local).",
         ),
-    ] = "local",
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="--backend ray: the Ray cluster (auto, HOST:PORT or ray://HOST:PORT); "
+            "default: start a local Ray sized to this machine.",
+        ),
+    ] = None,
     profile: Annotated[
         list[str] | None,
         typer.Option(
@@ -509,6 +518,13 @@ def serve(
             "this environment variable",
             code="tenants_required",
         )
+    keys = None
+    if loaded.tenants:  # read every key now: a missing one fails before anything starts
+        import os
+
+        from coscale.tenancy import KeyRing
+
+        keys = KeyRing.from_scenario(loaded, os.environ)
     if preset is not None and preset not in PRESETS:
         raise CoscaleError(
             f"unknown preset {preset!r}{suggest(preset, PRESETS) or '.'}",
@@ -519,7 +535,8 @@ def serve(
     profiles = _serve_profiles(loaded, profile or [])
     assert all(isinstance(p, ProfileFile) for p in profiles.values())
     typed = {name: p for name, p in profiles.items() if isinstance(p, ProfileFile)}
-    system = _serving_system(loaded, preset, backend, profiles)
+    chosen = backend or loaded.cluster.backend
+    system = _serving_system(loaded, preset, chosen, profiles, address=address)
     assert isinstance(system, ServingSystem)
     catalog = load_catalog()
     node = catalog.get(system.scenario.cluster.nodes[0].type)
@@ -545,7 +562,19 @@ def serve(
         )
 
     err_console.print(f"starting {len(loaded.models)} model(s) on {escape(url)} …")
-    run_server(system, sock=sock, clock=system.clock, telemetry=telemetry, on_ready=ready)
+    auth = None
+    if keys is not None:
+        from coscale.tenancy import TenantAuth
+
+        auth = TenantAuth.with_keys(keys, loaded.tenants, system.clock)
+        err_console.print(
+            f"API keys required: {len(loaded.tenants)} tenant(s)"
+            + (", admin key set" if keys.has_admin else " (no admin key: /metrics is closed)"),
+            markup=False,
+        )
+    run_server(
+        system, sock=sock, clock=system.clock, telemetry=telemetry, on_ready=ready, auth=auth
+    )
     stats = system.stats()
     err_console.print(
         f"stopped: {stats['completed']:,} completed, {stats['failed']:,} failed, "
@@ -636,16 +665,49 @@ def _quick_profile(family: object, model: object, target: Path) -> object:
 
 
 def _serving_system(
-    loaded: object, preset: str | None, backend: str, profiles: dict[str, object]
+    loaded: object,
+    preset: str | None,
+    backend: str,
+    profiles: dict[str, object],
+    *,
+    address: str | None = None,
 ) -> object:
-    """The ServingSystem for the scenario on the chosen backend (local or inprocess)."""
+    """The ServingSystem for the scenario on the chosen backend (local, inprocess or ray)."""
     from coscale.runtime.system import ServingSystem
 
     max_batch = max(m.max_batch for m in loaded.models)  # type: ignore[attr-defined]
-    if backend == "local":
+    extra: dict[str, object] = {}
+    if address is not None and backend != "ray":
+        raise CoscaleError(
+            f"--address is for the Ray backend, and the backend is {backend!r}.",
+            fix="add --backend ray, or drop --address.",
+            code="invalid_input",
+        )
+    if backend == "ray":
+        from coscale.backends.ray import RayBackend, import_ray, memory_from_profiles
+
+        import_ray()  # not installed: a clear error now, before anything starts
+        sources = {m.name: m.source for m in loaded.models}  # type: ignore[attr-defined]
+        memory = memory_from_profiles((sources[n], p) for n, p in profiles.items())
+        chosen: object = RayBackend(address=address, max_batch=max_batch, memory_bytes=memory)
+        cluster = loaded.cluster  # type: ignore[attr-defined]
+        if cluster.backend != "ray":  # the latency model adds Ray's per-batch overhead
+            update = {"cluster": cluster.model_copy(update={"backend": "ray"})}
+            loaded = loaded.model_copy(update=update)  # type: ignore[attr-defined]
+        if address is not None:  # a Ray cluster: every pool of the scenario is served
+            from coscale.backends.ray import cluster_view
+            from coscale.catalog import load_catalog
+
+            view, cores = cluster_view(loaded, load_catalog())
+            extra = {"catalog": view, "cores": cores}
+        # Connect now, on the main thread and before the HTTP server takes SIGTERM/SIGINT:
+        # Ray's own fatal-signal handler then never sees the server's SIGTERM (it aborts
+        # the process at exit when it does), and an unreachable cluster fails before serving.
+        chosen.connect()  # type: ignore[attr-defined]
+    elif backend == "local":
         from coscale.backends.local import LocalBackend
 
-        chosen: object = LocalBackend(max_batch=max_batch)
+        chosen = LocalBackend(max_batch=max_batch)
     elif backend == "inprocess":
         from coscale.backends.inprocess import InProcessBackend
 
@@ -653,7 +715,8 @@ def _serving_system(
     else:
         raise CoscaleError(
             f"unknown backend {backend!r}.",
-            fix="use --backend local (worker processes, the default) or --backend inprocess.",
+            fix="use --backend local (worker processes, the default), --backend inprocess "
+            "or --backend ray.",
             code="invalid_input",
         )
     return ServingSystem.from_scenario(
@@ -661,6 +724,7 @@ def _serving_system(
         preset=preset,
         backend=chosen,  # type: ignore[arg-type]
         profile=profiles,  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -712,14 +776,34 @@ def load(
     wait_ready: Annotated[
         float, typer.Option("--wait-ready", help="Wait up to S seconds for /readyz first.")
     ] = 0.0,
+    binary: Annotated[
+        bool,
+        typer.Option(
+            "--binary",
+            help="Send .npy bodies and read .npy answers (application/x-npy) instead of JSON.",
+        ),
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="Tenant API key, sent as Authorization: Bearer KEY (prefer --key-env: "
+            "a key on the command line shows in the process list).",
+        ),
+    ] = None,
+    key_env: Annotated[
+        str | None,
+        typer.Option("--key-env", help="Read the tenant API key from this environment variable."),
+    ] = None,
 ) -> None:
     """Send load to a coscale server (open loop: --trace or --rate; closed loop:
     --concurrency) and print the run summary measured at the client."""
     import asyncio
+    import os
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from coscale.load import LoadConfig, LoadProgress, run_load
+    from coscale.load import LoadConfig, LoadProgress, resolve_api_key, run_load
     from coscale.telemetry.summary import summary_to_json
 
     config = LoadConfig.build(
@@ -738,6 +822,8 @@ def load(
         slo_ms=slo_ms,
         payload=payload,
         wait_ready_s=wait_ready,
+        binary=binary,
+        api_key=resolve_api_key(api_key, key_env, os.environ),
     )
     columns = (
         TextColumn("{task.description}"),
@@ -825,6 +911,61 @@ def _load_table(summary: object) -> object:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _register_keys() -> None:
+    from coscale.tenancy_cli import keys_app
+
+    app.add_typer(keys_app, name="keys")
+
+
+_register_keys()
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="The quick bench (under 5 minutes on 2 cores).")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for report.html, the PNGs and results.json."),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write every result as JSON here.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Live model: minilm (default) or digits-cnn."),
+    ] = None,
+    parts: Annotated[
+        str | None,
+        typer.Option("--parts", help="Only these parts: live,cluster,scalability,fidelity."),
+    ] = None,
+) -> None:
+    """Reproduce the paper's evaluation (Table 2, Figures 2 and 3) live and simulated."""
+    from coscale.bench.cli import bench_command
+
+    bench_command(quick, out, json_path, model, parts, console, err_console)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A folder `coscale bench --out` wrote.")],
+) -> None:
+    """Rebuild a bench report (report.html and figures) from its saved results.json."""
+    from coscale.bench.cli import report_command
+
+    report_command(run_dir, console)
+
+
+def _register_deploy() -> None:
+    from coscale.deploy.cli import app as deploy_app
+
+    app.add_typer(deploy_app, name="deploy")
+
+
+_register_deploy()
 
 
 def main() -> None:

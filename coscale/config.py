@@ -200,8 +200,20 @@ def _base_dir(info: ValidationInfo) -> Path:
 
 
 def _resolve(path: str | Path, info: ValidationInfo) -> Path:
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError:  # ~user with no such user: keep the path as written
+        p = Path(path)
     return p if p.is_absolute() else (_base_dir(info) / p).resolve()
+
+
+def _probe(path: Path, test: str) -> bool:
+    """``path.is_file()``/``exists()``; a path the OS cannot look up (a name too long, a NUL
+    byte) reads as absent instead of raising."""
+    try:
+        return bool(getattr(path, test)())
+    except (OSError, ValueError):
+        return False
 
 
 def _check_variant(name: str) -> str:
@@ -225,7 +237,9 @@ ParamValue = float | int | str | bool
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: a scenario is JSON-shaped data, and an infinite rate,
+    # duration or SLO would only hang a run or poison its arithmetic.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- models
@@ -277,7 +291,7 @@ class ModelSpec(_Strict):
             what = "model file type" if suffix else "built-in model"
             raise _problem("bad_model_source", f"unknown {what} {value!r}{hint}", valid)
         path = _resolve(value, info)
-        if not path.is_file():
+        if not _probe(path, "is_file"):
             raise _problem("missing_file", f"model file {str(path)!r} does not exist", valid)
         return str(path)
 
@@ -306,16 +320,33 @@ class TenantSpec(_Strict):
     name: str = Field(pattern=_SLUG, description=f"Tenant name; {_SLUG_WORDS}.")
     weight: float = Field(default=1.0, gt=0, description="Fair-share weight (a number > 0).")
     rate_limit_rps: float | None = Field(
-        default=None, gt=0, description="Sustained requests per second allowed (> 0), or none."
+        default=None,
+        gt=0,
+        description="Sustained HTTP requests per second allowed (> 0; a token bucket), or none.",
+    )
+    rate_burst: float | None = Field(
+        default=None,
+        ge=1,
+        description="Most requests accepted at once after an idle spell (the bucket's size, "
+        ">= 1); needs rate_limit_rps; default: max(1, rate_limit_rps).",
     )
     quota_requests: int | None = Field(
-        default=None, ge=1, description="Total requests allowed over the run (>= 1), or none."
+        default=None,
+        ge=1,
+        description="Inference requests allowed per quota period (>= 1), or none.",
+    )
+    quota_period_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Length of the quota period in seconds (> 0; e.g. 86400 for a daily "
+        "quota, counted from server start); needs quota_requests; default: the whole run.",
     )
     key_env: str | None = Field(
         default=None,
         pattern=_ENV_NAME,
         description="Name of the environment variable that holds the tenant's API key "
-        "(letters, digits and '_', not starting with a digit).",
+        "(letters, digits and '_', not starting with a digit); default when neither key_env "
+        "nor key_file is set: COSCALE_KEY_<NAME> (the name upper-cased, '-' and '.' as '_').",
     )
     key_file: Path | None = Field(
         default=None,
@@ -337,6 +368,15 @@ class TenantSpec(_Strict):
                 "one of key_env or key_file, or neither",
                 ("key_file",),
             )
+        pairs = (("rate_burst", "rate_limit_rps"), ("quota_period_s", "quota_requests"))
+        for extra, needs in pairs:
+            if getattr(self, extra) is not None and getattr(self, needs) is None:
+                raise _problem(
+                    "missing_dependency",
+                    f"{extra} is set without {needs}",
+                    f"set {needs} too, or leave {extra} out",
+                    (extra,),
+                )
         return self
 
 
@@ -389,6 +429,11 @@ class ClusterSpec(_Strict):
     )
     budget_usd_per_hour: float | None = Field(
         default=None, gt=0, description="Spending cap in US$ per hour (> 0), or none."
+    )
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description="Where replicas run live: local (worker processes) or ray (Ray actors); "
+        "the simulator adds that backend's measured per-batch overhead to every batch.",
     )
 
     @field_validator("nodes")
@@ -502,7 +547,7 @@ class TraceSpec(_Strict):
         if value in TRACE_ALIASES:
             return value
         path = _resolve(value, info)
-        if not path.exists():
+        if not _probe(path, "exists"):
             valid = "a bundled trace (" + ", ".join(sorted(TRACE_ALIASES)) + ") or an existing path"
             hint = suggest(value, TRACE_ALIASES)
             raise _problem("missing_file", f"no bundled trace or file named {value!r}{hint}", valid)

@@ -91,12 +91,20 @@ the server's own ``/v1/stats`` figures over the run (0 when it publishes none);
 (requests / the schedule's length, or / the makespan in closed loop),
 ``errors`` (code → count), ``statuses`` (HTTP status → count, ``0`` for no response),
 ``items_per_request``, ``items_throughput``, ``accuracy`` (digits), ``dispatch_lag_ms``,
-``connections``, ``truncated``, ``served_p99_ms`` (:func:`served_quantile_ms`) and
-``server`` (the server's counters over the run, for cross-checking).
+``connections``, ``truncated``, ``served_p99_ms`` (:func:`served_quantile_ms`),
+``server`` (the server's counters over the run, for cross-checking), and the client's
+own count of answers: ``sent`` (requests that left the client), ``responses`` (those
+answered with an HTTP status, any status) and ``no_response`` = ``sent − responses``
+(no status within ``timeout_s``, or the connection failed: a request the server may
+have accepted and never answered).
+
+Tenants: ``api_key`` is sent as ``Authorization: Bearer KEY`` on every request, the
+probes (``/v1/models``, ``/v1/stats``) included; it is never written to the summary.
 
 Connection pool (:func:`pool_size`)
 -----------------------------------
-Closed loop: one connection per client. Open loop, by Little's law: the peak arrival
+Closed loop: one connection per client. Open loop (unless ``connections`` is given, at
+most :data:`MAX_POOL`), by Little's law: the peak arrival
 rate over 1-s bins × the time a request is expected to stay (the SLO, at least
 :data:`MIN_STAY_S`, at most the timeout) × :data:`POOL_HEADROOM`, clamped to
 [:data:`MIN_POOL`, :data:`MAX_POOL`]. When every connection is busy a request waits for
@@ -109,6 +117,17 @@ per request (it scans every connection for idleness and expiry), so one pool of 
 connections costs ~3 ms of client CPU per request on a 2-core machine against ~0.9 ms for
 16 pools of 4 — measured against ``GET /healthz``, and the client shares the cores with
 the server.
+
+A request waits for one of its client's connections on an ``asyncio.Semaphore`` of the
+client's size, never inside httpcore's pool: httpcore rescans every waiting request
+whenever a connection frees up, so a backlog of thousands (a server that stalls under
+open-loop load) costs the client O(backlog) CPU per response — the load generator then
+collapses and starves the server it shares the cores with. The semaphore's wait is O(1).
+
+An idle connection is dropped after :data:`KEEPALIVE_EXPIRY_S` (2 s), well before the
+server closes it (uvicorn: 5 s; httpx's default, 5 s too, races with it: a request
+written on a connection the server is closing at that moment fails with a read error
+and never reaches the server — a lost request that says nothing about the server).
 """
 
 from __future__ import annotations
@@ -131,6 +150,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from coscale.clock import Clock, SystemClock
 from coscale.errors import CoscaleError, InvalidInputError, UnknownModelError
+from coscale.runtime.wire import NPY_MEDIA_TYPE, decode_npy, encode_npy
 from coscale.sim.workloads import Workload, poisson
 from coscale.telemetry.summary import OUTCOME_CODES, RequestRecords, summarize
 from coscale.types import Outcome, RunSummary
@@ -145,6 +165,7 @@ __all__ = [
     "RequestResult",
     "Schedule",
     "SearchResult",
+    "auth_headers",
     "build_payloads",
     "build_schedule",
     "check_url",
@@ -152,6 +173,7 @@ __all__ = [
     "classify_status",
     "poisson_schedule",
     "pool_size",
+    "resolve_api_key",
     "run_load",
     "run_load_sync",
     "schedule_from_workload",
@@ -186,6 +208,8 @@ POOL_HEADROOM = 2.0
 #: Connections per httpx client: the pool is split into clients of this many (see the
 #: module docstring, "Connection pool").
 SHARD_CONNECTIONS = 4
+#: Seconds an idle connection is kept (below the server's keep-alive timeout, 5 s).
+KEEPALIVE_EXPIRY_S = 2.0
 #: Distinct request bodies encoded before the run (reused round-robin).
 PAYLOAD_BANK = 128
 #: Distinct texts per token count for text models with trace lengths.
@@ -197,6 +221,7 @@ MAX_ITEMS = 1024
 
 Mode = Literal["trace", "rate", "closed"]
 JSON_HEADERS = {"content-type": "application/json"}
+NPY_HEADERS = {"content-type": NPY_MEDIA_TYPE, "accept": NPY_MEDIA_TYPE}
 
 
 # ------------------------------------------------------------------------------ config
@@ -218,6 +243,11 @@ class LoadConfig(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, le=4096, description="Closed loop.")
     duration_s: float | None = Field(default=None, gt=0, description="Seconds of load.")
     items: int = Field(default=1, ge=1, le=MAX_ITEMS, description="Items per request.")
+    binary: bool = Field(
+        default=False,
+        description="Send .npy bodies and ask for .npy answers (application/x-npy) instead "
+        "of JSON; single-input models.",
+    )
     timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, description="Client timeout (s).")
     seed: int = Field(default=0, ge=0, description="Seed of arrivals and payloads.")
     max_requests: int = Field(default=DEFAULT_MAX_REQUESTS, ge=1, description="Request cap.")
@@ -228,6 +258,19 @@ class LoadConfig(BaseModel):
         "the model's source from GET /v1/models.",
     )
     wait_ready_s: float = Field(default=0.0, ge=0, description="Wait for /readyz first (s).")
+    connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_POOL,
+        description="Connections to open (open loop); default: sized by pool_size.",
+    )
+    api_key: str | None = Field(
+        default=None,
+        min_length=1,
+        repr=False,
+        description="API key sent as `Authorization: Bearer KEY` on every request (a "
+        "server with tenants); never written to the summary.",
+    )
     preset: str | None = Field(default=None, description="Label for the summary's preset.")
     scenario: str | None = Field(default=None, description="Label for the summary's scenario.")
 
@@ -465,6 +508,12 @@ class PayloadBank:
     bodies: tuple[bytes, ...]
     labels: tuple[tuple[int, ...], ...] | None = None
     by_length: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    #: bodies are ``.npy`` arrays (and answers are asked for as ``.npy``)
+    binary: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(NPY_HEADERS) if self.binary else dict(JSON_HEADERS)
 
     def pick(self, j: int, seq_len: int = 0) -> int:
         if self.by_length and seq_len in self.by_length:
@@ -473,11 +522,21 @@ class PayloadBank:
         return j % len(self.bodies)
 
 
-def _encode(items: Sequence[Any]) -> bytes:
-    return json.dumps({"inputs": list(items)}, separators=(",", ":")).encode()
+def _encode(items: Sequence[Any] | np.ndarray, binary: bool = False) -> bytes:
+    """A request body: JSON ``{"inputs": items}``, or with ``binary`` one ``.npy`` array of
+    the items (batch axis first; a multi-input model's dict items cannot be one array)."""
+    if not binary:
+        return json.dumps({"inputs": list(items)}, separators=(",", ":")).encode()
+    if any(isinstance(item, Mapping) for item in items):
+        raise CoscaleError(
+            "--binary sends one array per request, but this model takes several inputs.",
+            fix="send JSON (drop --binary) for multi-input models.",
+            code="invalid_input",
+        )
+    return encode_npy(np.asarray(items))
 
 
-def _digits_bank(items: int, seed: int, bank: int) -> PayloadBank:
+def _digits_bank(items: int, seed: int, bank: int, binary: bool = False) -> PayloadBank:
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -487,20 +546,24 @@ def _digits_bank(items: int, seed: int, bank: int) -> PayloadBank:
     bodies, truth = [], []
     for b in range(bank):
         rows = order[(b * items + np.arange(items)) % len(order)]
-        bodies.append(_encode(pixels[rows].tolist()))
+        images = pixels[rows]
+        bodies.append(_encode(images.astype(np.float32) if binary else images.tolist(), binary))
         truth.append(tuple(int(x) for x in labels[rows]))
-    return PayloadBank("digits-cnn", items, tuple(bodies), tuple(truth))
+    return PayloadBank("digits-cnn", items, tuple(bodies), tuple(truth), binary=binary)
 
 
-def _minilm_bank(items: int, seed: int, bank: int, seq_lens: I32 | None) -> PayloadBank:
+def _minilm_bank(
+    items: int, seed: int, bank: int, seq_lens: I32 | None, binary: bool = False
+) -> PayloadBank:
     from coscale.accel import sentences
 
     lengths = sorted({int(s) for s in seq_lens.tolist()} - {0}) if seq_lens is not None else []
     if not lengths:
         plain = [
-            _encode(sentences.sample_sentences(items, seed * 1_000_003 + b)) for b in range(bank)
+            _encode(sentences.sample_sentences(items, seed * 1_000_003 + b), binary)
+            for b in range(bank)
         ]
-        return PayloadBank("minilm", items, tuple(plain))
+        return PayloadBank("minilm", items, tuple(plain), binary=binary)
     from coscale.accel.minilm import TextTokenizer, model_dir, read_max_seq_len
 
     folder = model_dir()
@@ -522,9 +585,9 @@ def _minilm_bank(items: int, seed: int, bank: int, seq_lens: I32 | None) -> Payl
         indices = []
         for k in range(min(TEXTS_PER_LENGTH, bank)):
             indices.append(len(bodies))
-            bodies.append(_encode([texts[(k + i) % len(texts)] for i in range(items)]))
+            bodies.append(_encode([texts[(k + i) % len(texts)] for i in range(items)], binary))
         by_length[length] = tuple(indices)
-    return PayloadBank("minilm", items, tuple(bodies), by_length=by_length)
+    return PayloadBank("minilm", items, tuple(bodies), by_length=by_length, binary=binary)
 
 
 def _spec_items(specs: Sequence[Mapping[str, Any]], items: int, seed: int) -> list[Any]:
@@ -552,11 +615,16 @@ def _rows(columns: Mapping[str, np.ndarray], items: int) -> list[Any]:
 
 
 def _file_bank(
-    source: str, items: int, seed: int, bank: int, specs: Sequence[Mapping[str, Any]] | None
+    source: str,
+    items: int,
+    seed: int,
+    bank: int,
+    specs: Sequence[Mapping[str, Any]] | None,
+    binary: bool = False,
 ) -> PayloadBank:
     if specs:
-        bodies = [_encode(_spec_items(specs, items, seed + b)) for b in range(bank)]
-        return PayloadBank(source, items, tuple(bodies))
+        bodies = [_encode(_spec_items(specs, items, seed + b), binary) for b in range(bank)]
+        return PayloadBank(source, items, tuple(bodies), binary=binary)
     from coscale.accel.zoo import get_family
 
     if not Path(source).is_file():
@@ -571,8 +639,9 @@ def _file_bank(
     for b in range(bank):
         batch = family.profiling_batch(items, None, seed + b)
         columns = batch if isinstance(batch, Mapping) else {"x": np.asarray(batch)}
-        bodies.append(_encode(_rows({k: np.asarray(v) for k, v in columns.items()}, items)))
-    return PayloadBank(source, items, tuple(bodies))
+        rows = _rows({k: np.asarray(v) for k, v in columns.items()}, items)
+        bodies.append(_encode(rows, binary))
+    return PayloadBank(source, items, tuple(bodies), binary=binary)
 
 
 def build_payloads(
@@ -583,13 +652,14 @@ def build_payloads(
     seq_lens: I32 | None = None,
     input_specs: Sequence[Mapping[str, Any]] | None = None,
     bank: int = PAYLOAD_BANK,
+    binary: bool = False,
 ) -> PayloadBank:
-    """The bodies for payload ``kind`` (module docstring, "Payloads")."""
+    """The bodies for payload ``kind`` (module docstring, "Payloads"); ``binary``: ``.npy``."""
     if kind == "digits-cnn":
-        return _digits_bank(items, seed, bank)
+        return _digits_bank(items, seed, bank, binary)
     if kind == "minilm":
-        return _minilm_bank(items, seed, bank, seq_lens)
-    return _file_bank(kind, items, seed, bank, input_specs)
+        return _minilm_bank(items, seed, bank, seq_lens, binary)
+    return _file_bank(kind, items, seed, bank, input_specs, binary)
 
 
 # ------------------------------------------------------------------------------ outcomes
@@ -600,7 +670,9 @@ class RequestResult:
     """One request as the client saw it. Times in seconds from the run's start.
 
     ``scheduled``: when it was due (open loop) or sent (closed loop); ``sent``: when the
-    client started sending it; ``finish``: when its outcome was known (NaN: never).
+    client started sending it; ``wired``: when it got a connection and went on the wire
+    (NaN: it waited for a free connection until its timeout, so the server never saw
+    it); ``finish``: when its outcome was known (NaN: never).
     ``status``: HTTP status, 0 when no response. ``correct``: items answered with the
     right label (digits), -1 when unknown.
     """
@@ -609,6 +681,7 @@ class RequestResult:
     scheduled: float
     sent: float = math.nan
     finish: float = math.nan
+    wired: float = math.nan
     status: int = 0
     outcome: Outcome | None = None
     error: str = ""
@@ -625,6 +698,7 @@ class RequestResult:
             "index": self.index,
             "scheduled": self.scheduled,
             "sent": self.sent,
+            "wired": self.wired,
             "finish": self.finish,
             "status": self.status,
             "outcome": self.outcome.value if self.outcome is not None else None,
@@ -672,9 +746,14 @@ def classify_exception(exc: BaseException) -> tuple[Outcome, str]:
     return Outcome.FAILED, f"client_error:{type(exc).__name__}"
 
 
-def check_outputs(body: bytes, items: int, labels: Sequence[int] | None) -> tuple[bool, int]:
+def check_outputs(
+    body: bytes, items: int, labels: Sequence[int] | None, binary: bool = False
+) -> tuple[bool, int]:
     """(well formed, items labelled right or -1) of a 200 body: ``{"outputs": [...]}``
-    with one object per item."""
+    with one object per item, or with ``binary`` one ``.npy`` array with one row per item
+    (a digits row's label is its argmax)."""
+    if binary:
+        return _check_npy_outputs(body, items, labels)
     try:
         outputs = json.loads(body)["outputs"]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
@@ -687,6 +766,19 @@ def check_outputs(body: bytes, items: int, labels: Sequence[int] | None) -> tupl
         return True, -1
     correct = sum(1 for o, y in zip(outputs, labels, strict=True) if o.get("label") == y)
     return True, correct
+
+
+def _check_npy_outputs(body: bytes, items: int, labels: Sequence[int] | None) -> tuple[bool, int]:
+    try:
+        rows = decode_npy(body)
+    except CoscaleError:
+        return False, -1
+    if rows.ndim < 1 or len(rows) != items or rows.dtype.kind != "f":
+        return False, -1
+    if labels is None:
+        return True, -1
+    predicted = rows.reshape(items, -1).argmax(axis=1)
+    return True, int((predicted == np.asarray(labels)).sum())
 
 
 # ------------------------------------------------------------------------------ summary
@@ -790,6 +882,9 @@ def summarize_load(
         "truncated": truncated,
         "seed": config.seed,
         "server": server,
+        "sent": sum(1 for r in records if math.isfinite(r.sent)),
+        "responses": sum(1 for r in records if r.status != 0),
+        "no_response": sum(1 for r in records if math.isfinite(r.sent) and r.status == 0),
     }
     if config.mode == "trace":
         extra["trace"] = {
@@ -852,9 +947,16 @@ class _Run:
     answered: int = 0
     counts: Counter[Outcome] = field(default_factory=Counter)
     busy: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    gates: list[asyncio.Semaphore] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.busy = [0] * len(self.shards)
+        self.gates = [asyncio.Semaphore(n) for n in self.sizes]  # none: no pool limits
+
+    def gate(self, k: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Wait for a connection of shard ``k`` (module docstring, "Connection pool")."""
+        return self.gates[k] if self.gates else contextlib.nullcontext()
 
     def now(self) -> float:
         return self.clock.now() - self.t0
@@ -874,15 +976,18 @@ class _Run:
         r.sent = self.now()
         self.sent += 1
         try:
-            async with asyncio.timeout(self.config.timeout_s):
+            async with asyncio.timeout(self.config.timeout_s), self.gate(k):
+                r.wired = self.now()
                 resp = await self.shards[k].post(
-                    self.path, content=self.payloads.bodies[b], headers=JSON_HEADERS
+                    self.path, content=self.payloads.bodies[b], headers=self.payloads.headers
                 )
                 body = await resp.aread()
             r.status = resp.status_code
             outcome, code = classify_status(resp.status_code, body)
             if outcome is Outcome.COMPLETED:
-                ok, correct = check_outputs(body, self.payloads.items, labels)
+                ok, correct = check_outputs(
+                    body, self.payloads.items, labels, binary=self.payloads.binary
+                )
                 if ok:
                     r.correct = correct
                 else:
@@ -1051,8 +1156,9 @@ async def run_load(
     schedule = build_schedule(config)
     timeout = httpx.Timeout(config.timeout_s, pool=None)
     probe_limits = httpx.Limits(max_connections=4)
+    auth = auth_headers(config.api_key)
     async with httpx.AsyncClient(
-        base_url=base, timeout=timeout, limits=probe_limits, transport=transport
+        base_url=base, timeout=timeout, limits=probe_limits, transport=transport, headers=auth
     ) as probe:
         if config.wait_ready_s > 0 and not await wait_ready(probe, config.wait_ready_s, clock):
             raise CoscaleError(
@@ -1070,18 +1176,22 @@ async def run_load(
         seed=config.seed,
         seq_lens=schedule.seq_lens if schedule is not None else None,
         input_specs=info.get("inputs") if isinstance(info.get("inputs"), list) else None,
+        binary=config.binary,
     )
-    connections = pool_size(
+    connections = config.connections or pool_size(
         schedule, concurrency=config.concurrency, slo_s=slo_s, timeout_s=config.timeout_s
     )
     duration = schedule.duration_s if schedule is not None else float(config.duration_s or 0)
     planned = len(schedule) if schedule is not None else None
+    limits = _shard_limits(connections)
     async with contextlib.AsyncExitStack() as stack:
         shards = [
             await stack.enter_async_context(
-                httpx.AsyncClient(base_url=base, timeout=timeout, limits=lim, transport=transport)
+                httpx.AsyncClient(
+                    base_url=base, timeout=timeout, limits=lim, transport=transport, headers=auth
+                )
             )
-            for lim in _shard_limits(connections)
+            for lim in limits
         ]
         http = shards[0]
         run = _Run(
@@ -1091,6 +1201,8 @@ async def run_load(
             payloads,
             clock,
             t0=clock.now() + START_DELAY_S,
+            # a custom transport (tests: ASGI) has no connection pool to mirror
+            sizes=[lim.max_connections or 1 for lim in limits] if transport is None else [],
         )
         side = [asyncio.create_task(_hook(run, at, fn)) for at, fn in hooks]
         if on_progress is not None:
@@ -1121,13 +1233,46 @@ async def run_load(
     return LoadResult(summary, tuple(run.records))
 
 
+def resolve_api_key(
+    api_key: str | None, key_env: str | None, environ: Mapping[str, str]
+) -> str | None:
+    """The key given directly (``--api-key``) or read from the environment variable
+    ``key_env`` (``--key-env``); None for neither. Both, or an unset/empty variable →
+    :class:`~coscale.errors.CoscaleError` (``invalid_input`` / ``missing_key``)."""
+    if api_key is not None and key_env is not None:
+        raise CoscaleError(
+            "both --api-key and --key-env were given.",
+            fix="give one: --key-env VAR (the key stays out of the process list) or --api-key.",
+            code="invalid_input",
+        )
+    if key_env is None:
+        return api_key or None
+    key = environ.get(key_env, "").strip()
+    if not key:
+        raise CoscaleError(
+            f"--key-env {key_env}: the environment variable {key_env} is unset or empty.",
+            fix=f"export {key_env}=<the tenant's key> (coscale keys new TENANT makes one).",
+            code="missing_key",
+        )
+    return key
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``{"authorization": "Bearer KEY"}`` for a key, else no header."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _shard_limits(connections: int) -> list[httpx.Limits]:
     """``connections`` split into clients of at most :data:`SHARD_CONNECTIONS` each."""
     out = []
     left = connections
     while left > 0:
         n = min(SHARD_CONNECTIONS, left)
-        out.append(httpx.Limits(max_connections=n, max_keepalive_connections=n))
+        out.append(
+            httpx.Limits(
+                max_connections=n, max_keepalive_connections=n, keepalive_expiry=KEEPALIVE_EXPIRY_S
+            )
+        )
         left -= n
     return out
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from coscale.errors import InvalidInputError
+
 BASELINE_VARIANT = "fp32-eager"
 
 #: Every variant name coscale knows, with what it is. A family builds a subset.
@@ -106,6 +108,22 @@ class ModelFamily(abc.ABC):
     @abc.abstractmethod
     def parse_items(self, items: Sequence[Any]) -> Any:
         """HTTP items → native batch; wrong shape/dtype → InvalidInputError naming the item."""
+
+    def parse_array(self, array: np.ndarray) -> Any:
+        """A binary request's array (batch axis first, from ``application/x-npy``) → native
+        batch, with the same checks as :meth:`parse_items`.
+
+        The default goes through :meth:`parse_items` item by item (``array.tolist()``);
+        families whose items are fixed-size numbers override it with a vectorized check.
+        An array the family cannot take (e.g. numbers for a text model) raises
+        InvalidInputError from :meth:`parse_items`.
+        """
+        if array.ndim == 0:
+            raise InvalidInputError(
+                f"{self.name} expects an array with the batch axis first, got a scalar.",
+                fix="Send an array of shape (items, …).",
+            )
+        return self.parse_items(array.tolist())
 
     @abc.abstractmethod
     def render_outputs(self, outputs: np.ndarray) -> list[dict[str, Any]]:

@@ -33,8 +33,18 @@ from coscale.types import Batch, ReplicaState, ReplicaView, RouteDecision
 NO_REPLICA_RETRY_S = 0.1
 
 
-def candidates(batch: Batch, replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
-    """READY replicas of the batch's model, in the order given. O(n)."""
+class ReadyViews(list[ReplicaView]):
+    """A list an executor guarantees holds only READY replicas of one model (the model
+    of the batches it is passed with): :func:`candidates` returns it as it is, O(1)."""
+
+    __slots__ = ()
+
+
+def candidates(batch: Batch, replicas: Sequence[ReplicaView]) -> Sequence[ReplicaView]:
+    """READY replicas of the batch's model, in the order given. O(n); O(1) for
+    :class:`ReadyViews` (already exactly those)."""
+    if isinstance(replicas, ReadyViews):
+        return replicas
     return [r for r in replicas if r.model == batch.model and r.state is ReplicaState.READY]
 
 
@@ -54,12 +64,16 @@ def _draw_index(seed: int, n: int) -> tuple[int, int]:
 
 
 def _sample_distinct(seed: int, n: int, m: int) -> tuple[int, list[int]]:
-    """``m`` distinct indices of ``range(n)`` (partial Fisher–Yates). O(n)."""
-    pool = list(range(n))
+    """``m`` distinct indices of ``range(n)`` (partial Fisher–Yates over a virtual
+    identity array: only the swapped positions are stored). O(m)."""
+    moved: dict[int, int] = {}
+    picks: list[int] = []
     for i in range(m):
         seed, j = _draw_index(seed, n - i)
-        pool[i], pool[i + j] = pool[i + j], pool[i]
-    return seed, pool[:m]
+        k = i + j
+        picks.append(moved.get(k, k))
+        moved[k] = moved.get(i, i)
+    return seed, picks
 
 
 # --------------------------------------------------------------------------- round robin
@@ -301,7 +315,8 @@ class PowerOfTwo:
     max_backoff_s))`` with ``attempt`` the number of consecutive failures before this
     one (so the back-offs run 0, 25, 50, … ms up to 0.5 s with the defaults
     ``backoff_step_s`` = 0.025, ``max_backoff_s`` = 0.5), and the counter grows by one.
-    State: :class:`PowerOfTwoState`. O(n) (sampling indexes the candidate list).
+    State: :class:`PowerOfTwoState`. O(1) given :class:`ReadyViews` (the simulator's
+    presentation), else O(n) to filter the candidates; sampling is O(1).
     """
 
     name = "power-of-two"

@@ -64,8 +64,14 @@ class Serving(Protocol):
         *,
         tenant: str = "default",
         timeout_s: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """Validate, admit, batch, route and run; one output object per item, in order."""
+        raw: bool = False,
+    ) -> Any:
+        """Validate, admit, batch, route and run; one output object per item, in order.
+
+        ``items`` is a list of JSON items or an array with the batch axis first (a binary
+        request). With ``raw`` the answer is the float32 output rows as one array
+        (``np.ndarray``, one row per item) instead of a list of JSON objects.
+        """
         ...
 
     def ready(self) -> bool:

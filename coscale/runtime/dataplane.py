@@ -20,7 +20,14 @@ One request (:meth:`DataPlane.submit`)
    allocation policy that scaled the model to zero sees the demand and scales it up.
 4. **Admission**: ``admission.decide(request, snapshot)`` over a snapshot of the model
    (arrival rate so far in this control interval, queue length, every replica not
-   stopped). Rejected → :class:`~coscale.runtime.contract.Overloaded` (429) with
+   stopped). Each replica's ``capacity_rps`` there is the profiled figure or, when it
+   is lower and the replica's recent batches were at least
+   :data:`MEASURED_RATE_MIN_FILL` (½) of the batch limit (EWMA of batch items), its
+   measured rate (EWMA of items / service seconds of its batches): a replica that runs
+   full batches slower than profiled (a busy machine) must not make admission promise
+   deadlines it cannot keep. Small batches say nothing about capacity (a batch's fixed
+   cost — the transport to the worker — dominates them), so the profile stands then.
+   Rejected → :class:`~coscale.runtime.contract.Overloaded` (429) with
    ``retry_after_s = max(decision.retry_after_s, MIN_RETRY_AFTER_S)``.
 5. **Queue and batch**: the model's :class:`~coscale.runtime.batcher.Batcher` (FIFO, or
    weighted fair queueing between the scenario's tenants when it has several); batches
@@ -111,6 +118,7 @@ from coscale.types import (
 __all__ = [
     "DEFAULT_TIMEOUT_FACTOR",
     "MAX_RETRIES",
+    "MEASURED_RATE_MIN_FILL",
     "MIN_RETRY_AFTER_S",
     "DataPlane",
     "Lane",
@@ -125,6 +133,9 @@ MAX_RETRIES = 2
 DEFAULT_TIMEOUT_FACTOR = 10.0
 #: Smallest Retry-After hint given with a 429.
 MIN_RETRY_AFTER_S = 0.05
+#: Admission trusts a replica's measured rate over its profile only when its recent
+#: batches (EWMA of items) fill at least this share of the batch limit.
+MEASURED_RATE_MIN_FILL = 0.5
 
 READY = ReplicaState.READY
 STARTING = ReplicaState.STARTING
@@ -175,6 +186,7 @@ class LiveReplica:
         self.busy_total = 0.0
         self.latency_ewma = 0.0
         self.rate_ewma = 0.0
+        self.items_ewma = 0.0
         self.utilization = 0.0
         self.batches = 0
 
@@ -218,9 +230,11 @@ class LiveReplica:
         rate = items / service_s if service_s > 0 else 0.0
         if self.latency_ewma <= 0.0:
             self.latency_ewma, self.rate_ewma = service_s, rate
+            self.items_ewma = float(items)
         else:
             self.latency_ewma += EWMA_ALPHA * (service_s - self.latency_ewma)
             self.rate_ewma += EWMA_ALPHA * (rate - self.rate_ewma)
+            self.items_ewma += EWMA_ALPHA * (items - self.items_ewma)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -246,7 +260,9 @@ class Pending:
     request: Request
     native: Any
     expires: float
-    future: asyncio.Future[list[dict[str, Any]]]
+    future: asyncio.Future[Any]
+    #: answer with the output rows (``np.ndarray``) instead of rendered JSON objects
+    raw: bool = False
     attempts: int = 0
     queued: bool = True
     done: bool = False
@@ -392,7 +408,19 @@ class Lane:
             slo_s=self.slo_s,
             accuracy_floor=self.setup.accuracy_floor,
         )
-        return Snapshot(now, (view,), tuple(r.view(now) for r in self.replicas.values()))
+        limit = self.setup.batch_limit
+        replicas = tuple(_admission_view(r, now, limit) for r in self.replicas.values())
+        return Snapshot(now, (view,), replicas)
+
+
+def _admission_view(r: LiveReplica, now: float, batch_limit: int) -> ReplicaView:
+    """``r``'s view with ``capacity_rps`` = min(profiled, measured rate) when its recent
+    batches were full enough to measure capacity (module docstring, step 4)."""
+    view = r.view(now)
+    full = r.items_ewma >= MEASURED_RATE_MIN_FILL * max(1, batch_limit)
+    if full and 0.0 < r.rate_ewma < view.capacity_rps:
+        return dataclasses.replace(view, capacity_rps=r.rate_ewma)
+    return view
 
 
 # ------------------------------------------------------------------------------ the plane
@@ -498,10 +526,19 @@ class DataPlane:
         *,
         tenant: str = "default",
         timeout_s: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """One request, end to end (module docstring); returns one output per item."""
+        raw: bool = False,
+    ) -> Any:
+        """One request, end to end (module docstring); returns one output per item.
+
+        ``items`` is a list of JSON items, or an ``np.ndarray`` with the batch axis first (a
+        binary request; :meth:`ModelFamily.parse_array` checks it). The answer is a list of
+        rendered output objects, or with ``raw`` the float32 output rows as one array.
+        """
         lane = self.lane(model)
-        native = lane.family.parse_items(items)
+        if isinstance(items, np.ndarray):
+            native = lane.family.parse_array(items)
+        else:
+            native = lane.family.parse_items(items)
         n = _count(native)
         if n > lane.max_batch:
             raise PayloadTooLarge(
@@ -548,9 +585,9 @@ class DataPlane:
                 fix=f"Retry after {retry:.3g} s.",
             )
         assert self._loop is not None
-        future: asyncio.Future[list[dict[str, Any]]] = self._loop.create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         future.add_done_callback(_consume)
-        pending = Pending(request, native, now + timeout, future)
+        pending = Pending(request, native, now + timeout, future, raw=raw)
         lane.pending[request.id] = pending
         pending.timer = self.call_at(pending.expires, lambda: self._expire(lane, pending))
         lane.batcher.push(request)
@@ -585,7 +622,7 @@ class DataPlane:
         p: Pending,
         outcome: Outcome,
         *,
-        result: list[dict[str, Any]] | None = None,
+        result: list[dict[str, Any]] | np.ndarray | None = None,
         error: CoscaleError | None = None,
         dispatch: Dispatch | None = None,
         replica: LiveReplica | None = None,
@@ -624,7 +661,7 @@ class DataPlane:
         if error is not None:
             p.future.set_exception(error)
         else:
-            p.future.set_result(result or [])
+            p.future.set_result([] if result is None else result)
 
     def _fail(self, lane: Lane, p: Pending, error: CoscaleError, outcome: Outcome) -> None:
         self._answer(lane, p, outcome, error=error)
@@ -720,7 +757,7 @@ class DataPlane:
             if p.done:
                 continue
             try:
-                result = lane.family.render_outputs(out)
+                result = out if p.raw else lane.family.render_outputs(out)
             except Exception as exc:
                 log.exception("rendering outputs of %s failed", lane.name)
                 fail = ReplicaFailure(f"could not render the outputs of {lane.name!r}: {exc}")

@@ -328,9 +328,12 @@ class ServingSystem:
         *,
         tenant: str = "default",
         timeout_s: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """Validate, admit, batch, route and run; one output object per item, in order."""
-        return await self.plane.submit(model, items, tenant=tenant, timeout_s=timeout_s)
+        raw: bool = False,
+    ) -> Any:
+        """Validate, admit, batch, route and run; one output object per item, in order
+        (``items``: a list, or an array with the batch axis first; ``raw``: the output rows
+        as one float32 array instead of JSON objects)."""
+        return await self.plane.submit(model, items, tenant=tenant, timeout_s=timeout_s, raw=raw)
 
     def ready(self) -> bool:
         return (

@@ -48,6 +48,13 @@ Control interval per allocation policy (:data:`CONTROL_INTERVAL_S`, overridden b
 KPA 2 s (its tick); Ray Serve 1 s (Ray ticks every 0.1 s over 30-s averages and delays
 counted in seconds); an unknown policy 15 s.
 
+Initial replicas with ``SimOptions.warm_start`` (a cluster that has been serving this
+load with the preset's own variants): per model, the peak demand of the first
+:data:`WARM_WINDOW_S` (300 s) seconds covered on-demand by
+:func:`~coscale.policies.allocation.capacity.place_capacity` over the preset's options
+(the same capacity model as every allocation policy), READY at time 0; models placed
+in scenario order within the pools. Otherwise:
+
 Initial replicas: each pool's ``count`` nodes × replicas per node, READY at time 0,
 on-demand, split between the models that can meet their SLO on that node type
 (``capacity_rps > 0`` at their typical length, with the variant kept for that node
@@ -71,6 +78,7 @@ import numpy as np
 
 from coscale.policies.admission import WeightedFairQueue
 from coscale.policies.allocation import ALLOCATION, DemandCurve, capacity_rps, make_allocation
+from coscale.policies.allocation.capacity import PoolLedger, place_capacity, rank_model
 from coscale.policies.base import AllocationContext, AllocationPolicy, ModelTarget, VariantOption
 from coscale.policies.presets import (
     ADMISSION,
@@ -94,12 +102,16 @@ if TYPE_CHECKING:  # run imports this module; this one needs Prepared for typing
 
 __all__ = [
     "CONTROL_INTERVAL_S",
+    "WARM_WINDOW_S",
     "PolicySet",
     "build_policies",
     "demand_curves",
     "interval_for",
     "largest_remainder",
 ]
+
+#: Seconds of demand a warm start is sized for (longer than any start-up plus interval).
+WARM_WINDOW_S = 300.0
 
 #: Control interval (s) of each allocation policy unless SimOptions.interval_s is set.
 CONTROL_INTERVAL_S: Mapping[str, float] = {
@@ -185,7 +197,9 @@ def build_policies(prepared: Prepared, preset: str) -> PolicySet:
         setups=tuple(setups),
         context=context,
         allocation=allocation,
-        initial=_initial(prepared, targets),
+        initial=_warm(prepared, targets)
+        if prepared.sim.warm_start
+        else _initial(prepared, targets),
     )
 
 
@@ -216,9 +230,17 @@ def interval_for(allocation: str, sim: SimOptions) -> float:
 
 def demand_curves(prepared: Prepared, bin_s: float) -> dict[str, DemandCurve]:
     """Each model's arrival rate (requests/s) in ``bin_s`` bins over the workload; a
-    closed loop's is one bin of its nominal rate × the model's share."""
+    closed loop's is one bin of its nominal rate × the model's share; a fluid load's are
+    its rates averaged over bins of ``bin_s`` rounded to whole steps."""
     arrivals = prepared.arrivals
     names = [m.name for m in prepared.scenario.models]
+    if prepared.fluid is not None:
+        binned = prepared.fluid.binned(bin_s)
+        step = prepared.fluid.step_s
+        width = max(1, round(bin_s / step)) * step
+        return {
+            n: DemandCurve(tuple(r.tolist()), width) for n, r in zip(names, binned, strict=True)
+        }
     if isinstance(arrivals, ClosedLoop):
         return {
             n: DemandCurve((arrivals.rate_rps * s,), arrivals.duration_s)
@@ -283,6 +305,19 @@ def _fair_queue(prepared: Prepared) -> WeightedFairQueue | None:
         return None
     weights = {t.name: t.weight for t in prepared.scenario.tenants}
     return WeightedFairQueue(weights=weights)
+
+
+def _warm(prepared: Prepared, targets: Sequence[ModelTarget]) -> tuple[ReplicaTarget, ...]:
+    """Warm-start replicas (module docstring, "Initial replicas with warm_start")."""
+    curves = demand_curves(prepared, 1.0)
+    types = frozenset(p.node.name for p in prepared.pools)
+    ledger = PoolLedger.template(prepared.pools, 0.0)
+    out: list[ReplicaTarget] = []
+    for k, target in enumerate(targets):
+        options = rank_model(target, types, allow_spot=False, seq_len=prepared.typical_seq[k])
+        need = curves[target.model].peak(0.0, WARM_WINDOW_S)
+        out.extend(place_capacity(options, need, ledger, 0.0).targets)
+    return tuple(out)
 
 
 def _initial(prepared: Prepared, targets: Sequence[ModelTarget]) -> tuple[ReplicaTarget, ...]:

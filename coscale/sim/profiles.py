@@ -5,12 +5,19 @@ Service time of a batch
 A replica of variant ``v`` on node type ``n`` runs a batch of ``b`` items padded to
 sequence length ``s`` in::
 
-    service(b, s) = L_v(b, s) / speedup_n
+    service(b, s) = L_v(b, s) / speedup_n + overhead_backend
 
 where ``L_v`` is the variant's measured :class:`~coscale.types.LatencyTable` (the p50
 batch latencies of its profile, :func:`coscale.catalog.profiles.latency_table`, measured
-on the catalog's reference machine) and ``speedup_n`` is the node type's ``speedup``
-(1.0 for the reference type). :func:`scale_table` divides every cell, so the scaled table
+on the catalog's reference machine), ``speedup_n`` is the node type's ``speedup``
+(1.0 for the reference type) and ``overhead_backend`` is the per-batch cost of the live
+backend the scenario runs on (``cluster.backend``) over the local one,
+:data:`BACKEND_OVERHEAD_S`: 0 for ``local`` (the reference), and for ``ray`` the median
+extra wall time of a batch through a Ray actor measured side by side with a local worker
+by ``benchmarks/bench_ray_backend.py`` (digits-cnn on 2 vCPUs, two runs: batch 1 0.87 and
+0.82 ms, batch 8 0.94 and 0.93 ms, batch 32 1.12 and 1.04 ms; the constant is the batch-1
+mean, 0.85 ms, and is not divided by the node's speedup: it is transport, not compute).
+:func:`scale_table` divides every cell and adds the overhead, so the scaled table
 interpolates and extrapolates exactly as the measured one does. Service times are
 deterministic (the p50): the simulator reproduces the mean behaviour of a replica, not
 the jitter of individual calls.
@@ -38,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -50,10 +58,12 @@ from coscale.policies.base import VariantOption
 from coscale.types import LatencyTable
 
 __all__ = [
+    "BACKEND_OVERHEAD_S",
     "REFERENCE_PROFILES_DIR",
     "TYPICAL_SEQ_QUANTILE",
     "MeasuredVariant",
     "MemoLatencyTable",
+    "backend_overhead_s",
     "batch_limit",
     "clamp_seq_len",
     "find_profile",
@@ -68,6 +78,8 @@ __all__ = [
 
 #: Folder of the reference profiles shipped with coscale (one ``<family>.json`` per model).
 REFERENCE_PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
+#: Per-batch overhead (s) of each live backend over the local one (module docstring).
+BACKEND_OVERHEAD_S: Mapping[str, float] = MappingProxyType({"local": 0.0, "ray": 0.85e-3})
 #: Quantile of a model's request lengths used as its "typical" sequence length.
 TYPICAL_SEQ_QUANTILE = 0.5
 _GIB = float(2**30)
@@ -95,15 +107,27 @@ class MemoLatencyTable(LatencyTable):
         return value
 
 
-def scale_table(table: LatencyTable, speedup: float) -> MemoLatencyTable:
-    """``table`` with every latency divided by ``speedup`` (> 0), memoized. O(cells)."""
+def scale_table(table: LatencyTable, speedup: float, overhead_s: float = 0.0) -> MemoLatencyTable:
+    """``table`` with every latency divided by ``speedup`` (> 0) plus ``overhead_s``
+    (≥ 0, a backend's per-batch cost), memoized. O(cells)."""
     if not speedup > 0:
         raise ProfileError(
             f"a node type's speedup must be > 0, got {speedup}.",
             fix="fix the node catalog row (speedup is relative to the reference type).",
         )
-    rows = tuple(tuple(x / speedup for x in row) for row in table.latency_s)
+    rows = tuple(tuple(x / speedup + overhead_s for x in row) for row in table.latency_s)
     return MemoLatencyTable(table.batch_sizes, table.seq_lens, rows)
+
+
+def backend_overhead_s(backend: str) -> float:
+    """:data:`BACKEND_OVERHEAD_S` of ``backend``; an unknown one → ProfileError."""
+    try:
+        return BACKEND_OVERHEAD_S[backend]
+    except KeyError:
+        raise ProfileError(
+            f"no measured per-batch overhead for backend {backend!r}.",
+            fix=f"use one of: {', '.join(BACKEND_OVERHEAD_S)}.",
+        ) from None
 
 
 def truncate_table(table: LatencyTable, limit: int) -> MemoLatencyTable:
@@ -171,10 +195,13 @@ def options_for(
     profile: ProfileFile,
     catalog: Catalog,
     pools: Iterable[NodePool | str],
+    *,
+    overhead_s: float = 0.0,
 ) -> tuple[VariantOption, ...]:
     """Serving options of one model on the cluster's node types (see the module docstring).
 
-    ``pools``: the scenario's node pools (or node type names). Variants named by the
+    ``pools``: the scenario's node pools (or node type names). ``overhead_s``: the
+    backend's per-batch overhead (:func:`backend_overhead_s`). Variants named by the
     model's ``variants`` list but absent from the profile → :class:`ProfileError` naming
     them; an unknown node type → :class:`~coscale.errors.CatalogError`.
     """
@@ -189,7 +216,9 @@ def options_for(
             fix=f"re-profile with them (`coscale profile {profile.model} --variants "
             f"{','.join(missing)}`) or remove them from the scenario.",
         )
-    return options_from_measured(scenario_model, measured_variants(profile), catalog, pools)
+    return options_from_measured(
+        scenario_model, measured_variants(profile), catalog, pools, overhead_s=overhead_s
+    )
 
 
 def options_from_measured(
@@ -197,6 +226,8 @@ def options_from_measured(
     variants: Sequence[MeasuredVariant],
     catalog: Catalog,
     pools: Iterable[NodePool | str],
+    *,
+    overhead_s: float = 0.0,
 ) -> tuple[VariantOption, ...]:
     """:func:`options_for` from measured rows rather than a profile file (same rules;
     variants the model does not list are skipped)."""
@@ -214,7 +245,7 @@ def options_from_measured(
                     model=scenario_model.name,
                     variant=v.name,
                     node=node,
-                    latency=scale_table(v.table, node.speedup),
+                    latency=scale_table(v.table, node.speedup, overhead_s),
                     fidelity=v.fidelity,
                     memory_bytes=v.memory_bytes,
                 )

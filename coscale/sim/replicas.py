@@ -48,7 +48,9 @@ would make over all of the model's READY replicas:
   round robin, latency-inverse, or any unknown one): the list of the model's READY
   replicas' views, updated in place for the replicas that changed since the last call
   (a removed replica is swapped with the last entry, so the order is deterministic but
-  not by id). Passing it is O(1); the policies scan it, O(R) per batch. In these views
+  not by id). Passing it is O(1) (it is a :class:`~coscale.policies.routing.ReadyViews`,
+  so the policies need not filter it: power of two samples it in O(1)); the others scan
+  it, O(R) per batch. In these views
   ``queued_work_s`` is stamped at the replica's last change (it is exact in the group,
   round-robin and least-loaded presentations, which build fresh views per batch).
 """
@@ -63,7 +65,13 @@ from typing import Any
 
 from coscale.catalog.nodes import NodeType
 from coscale.policies.base import VariantOption
-from coscale.policies.routing import EarliestCompletion, LastPickState, LeastOutstanding, RoundRobin
+from coscale.policies.routing import (
+    EarliestCompletion,
+    LastPickState,
+    LeastOutstanding,
+    ReadyViews,
+    RoundRobin,
+)
 from coscale.types import Batch, LatencyTable, ReplicaState, ReplicaView
 
 __all__ = [
@@ -406,7 +414,7 @@ class FullPresenter(Presenter):
 
     def __init__(self, groups: Sequence[Group]) -> None:
         super().__init__(groups)
-        self._views: list[ReplicaView] = []
+        self._views: ReadyViews = ReadyViews()
         self._replicas: list[SimReplica] = []
         self._pos: dict[str, int] = {}
         self._dirty: dict[str, SimReplica] = {}

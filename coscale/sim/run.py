@@ -27,6 +27,17 @@ Workload
   Tenants' rate limits and quotas are enforced by the server's front door and are not
   simulated.
 
+Fluid mode (``SimOptions.fluid``)
+---------------------------------
+For loads too heavy to simulate request by request, :func:`run_preset` runs the
+:class:`~coscale.sim.fluid.FluidSimulator` (rate-level; its docstring states the
+approximations) on a :class:`~coscale.sim.fluid.FluidLoad` of ``fluid_step_s`` steps:
+a ServeGen table's rates (× ``time_scale`` × ``rate_scale``, split by the model mix;
+no request is drawn, so there is no request budget), or any other workload's arrivals
+binned per step, each standing for ``rate_scale`` requests (a load multiplier: in fluid
+mode ``rate_scale`` applies to every workload). The oracle's and static policy's demand
+curves are the fluid load's rates. Closed loops have no fluid form.
+
 Policies of a preset
 --------------------
 :func:`run_preset` builds them with :func:`coscale.sim.build.build_policies` — the one
@@ -70,8 +81,10 @@ from coscale.sim.build import (
 )
 from coscale.sim.cluster import Arrivals, ClosedLoop, ClusterSimulator, SimResult
 from coscale.sim.faults import FaultModel
+from coscale.sim.fluid import FluidLoad, FluidSimulator
 from coscale.sim.profiles import (
     MeasuredVariant,
+    backend_overhead_s,
     clamp_seq_len,
     find_profile,
     max_seq_len,
@@ -118,6 +131,10 @@ class SimOptions:
     control interval for every policy (default :data:`CONTROL_INTERVAL_S`).
     ``fault_scale``: multiplies the catalog's preemption and failure rates.
     ``profiles``: model name (or source) → profile file. ``seed``: default the scenario's.
+    ``fluid``: simulate at rate level (module docstring, "Fluid mode") on steps of
+    ``fluid_step_s`` seconds. ``warm_start``: the run starts with the replicas the first
+    minutes' demand needs instead of the pools' ``count`` nodes (see
+    :mod:`coscale.sim.build`, "Initial replicas").
     """
 
     trace: Path | None = None
@@ -132,6 +149,9 @@ class SimOptions:
     oracle_bin_s: float = 1.0
     profiles: Mapping[str, Path] = field(default_factory=dict)
     seed: int | None = None
+    fluid: bool = False
+    fluid_step_s: float = 1.0
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -150,6 +170,7 @@ class SimOptions:
             ),
             (self.oracle_bin_s > 0, f"oracle bin must be > 0 s, got {self.oracle_bin_s}"),
             (self.sample_interval_s > 0, "sample interval must be > 0 s"),
+            (self.fluid_step_s > 0, f"fluid step must be > 0 s, got {self.fluid_step_s}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -174,6 +195,7 @@ class Prepared:
     sim: SimOptions
     workload_name: str
     period_s: float | None = None
+    fluid: FluidLoad | None = None
 
 
 def prepare(
@@ -198,21 +220,30 @@ def prepare(
         for p in scenario.cluster.nodes
     )
     model_options: list[tuple[VariantOption, ...]] = []
+    overhead = backend_overhead_s(scenario.cluster.backend)  # cluster.backend's batch cost
     for m in scenario.models:
         rows = (measured or {}).get(m.name)
+        nodes = scenario.cluster.nodes
         if rows is None:
             profile = find_profile(m, given=sim.profiles)
-            model_options.append(options_for(m, profile, catalog, scenario.cluster.nodes))
+            model_options.append(options_for(m, profile, catalog, nodes, overhead_s=overhead))
             continue
-        model_options.append(options_from_measured(m, rows, catalog, scenario.cluster.nodes))
+        model_options.append(options_from_measured(m, rows, catalog, nodes, overhead_s=overhead))
     shares = _shares(scenario)
-    source, name, period = _workload(scenario, sim, rng, shares)
     limits = [max_seq_len(o) for o in model_options]
+    fluid = _fluid_servegen(scenario, sim, shares) if sim.fluid else None
     arrivals: Arrivals | ClosedLoop
-    if isinstance(source, Workload):
-        arrivals, typical = _assign(source, rng, shares, limits)
+    load: FluidLoad | None
+    if fluid is not None:
+        load, name, period = fluid
+        arrivals, typical = _no_arrivals(load.duration_s), tuple(0 for _ in limits)
     else:
-        arrivals, typical = source, tuple(0 for _ in limits)
+        source, name, period = _workload(scenario, sim, rng, shares)
+        if isinstance(source, Workload):
+            arrivals, typical = _assign(source, rng, shares, limits)
+        else:
+            arrivals, typical = source, tuple(0 for _ in limits)
+        load = _fluid_from(arrivals, len(limits), sim) if sim.fluid else None
     return Prepared(
         scenario=scenario,
         catalog=catalog,
@@ -223,8 +254,66 @@ def prepare(
         pools=pools,
         seed=seed,
         sim=sim,
-        workload_name=name,
+        workload_name=name + (" (fluid)" if load is not None else ""),
         period_s=period,
+        fluid=load,
+    )
+
+
+def _no_arrivals(duration_s: float) -> Arrivals:
+    i32 = np.zeros(0, dtype=np.int32)
+    return Arrivals(np.zeros(0), i32, i32, i32, ("default",), duration_s)
+
+
+def _fluid_servegen(
+    scenario: Scenario, sim: SimOptions, shares: Sequence[float]
+) -> tuple[FluidLoad, str, float | None] | None:
+    """The scenario's ServeGen trace as a fluid load (None for any other workload)."""
+    t = scenario.workload.trace
+    if sim.trace is not None or t is None:
+        return None
+    try:
+        fmt = resolve_trace_format(t)
+    except ValueError:
+        return None
+    if fmt != "servegen":
+        return None
+    table = read_servegen(resolve_trace_path(t))
+    lo = t.start_s
+    hi = math.inf if t.duration_s is None else t.start_s + t.duration_s
+    if sim.duration_s is not None:
+        hi = min(hi, t.start_s + sim.duration_s * t.time_scale)
+    keep = (table.starts + table.window_s > lo) & (table.starts < hi)
+    if not np.any(keep):
+        raise TraceError(
+            f"no ServeGen window in [{lo}, {hi}) trace seconds", fix="check start_s/duration"
+        )
+    load = FluidLoad.from_rates(
+        table.starts[keep],
+        table.window_s,
+        table.rate.sum(axis=0)[keep],
+        shares,
+        time_scale=t.time_scale,
+        scale=sim.rate_scale,
+        step_s=sim.fluid_step_s,
+    )
+    name = f"trace {t.path} x{t.time_scale:g} at {sim.rate_scale:g}x its rates"
+    return load, name, DAY_S / t.time_scale
+
+
+def _fluid_from(arrivals: Arrivals | ClosedLoop, n_models: int, sim: SimOptions) -> FluidLoad:
+    if isinstance(arrivals, ClosedLoop):
+        raise InvalidInputError(
+            "a closed loop has no fluid form (its rate depends on its latency).",
+            fix="use an open-loop workload (a trace or a generator) with --fluid.",
+        )
+    return FluidLoad.from_times(
+        arrivals.times,
+        arrivals.models,
+        n_models,
+        arrivals.duration_s,
+        step_s=sim.fluid_step_s,
+        scale=sim.rate_scale,
     )
 
 
@@ -264,6 +353,8 @@ def _workload(
     """The workload, its name, and its natural period in simulated seconds (a trace's day
     sped up by its time scale; a diurnal generator's period; None otherwise)."""
     spec = scenario.workload
+    if sim.fluid:  # rate_scale multiplies the fluid load instead (module docstring)
+        sim = dataclasses.replace(sim, rate_scale=1.0, fluid=False)
     if sim.trace is not None:
         path = Path(sim.trace)
         workload = _trace(path, detect_format(path), 0.0, None, 1.0, sim, rng)
@@ -403,7 +494,23 @@ def run_preset(
     :class:`~coscale.sim.cluster.ClusterSimulator`)."""
     scenario, sim = prepared.scenario, prepared.sim
     policies = build_policies(prepared, preset)
-    bundle, interval = policies.bundle, policies.interval_s
+    interval = policies.interval_s
+    if prepared.fluid is not None:
+        fluid = FluidSimulator(
+            policies.setups,
+            policies.allocation,
+            prepared.pools,
+            prepared.fluid,
+            interval_s=interval,
+            rng=np.random.default_rng([prepared.seed, 2]),
+            initial=policies.initial,
+            faults=FaultModel(sim.fault_scale),
+            drain_limit_s=sim.drain_limit_s,
+            sample_interval_s=sim.sample_interval_s,
+            preset=preset,
+            scenario=scenario.name,
+        )
+        return _with_info(prepared, policies, fluid.run(progress), 0)
     simulator = ClusterSimulator(
         policies.setups,
         policies.allocation,
@@ -421,6 +528,14 @@ def run_preset(
         audit=audit,
     )
     result = simulator.run(progress)
+    return _with_info(prepared, policies, result, simulator.audited)
+
+
+def _with_info(
+    prepared: Prepared, policies: PolicySet, result: SimResult, audited: int
+) -> SimResult:
+    scenario, sim = prepared.scenario, prepared.sim
+    bundle, interval = policies.bundle, policies.interval_s
     info: dict[str, Any] = {
         "seed": prepared.seed,
         "workload": prepared.workload_name,
@@ -435,7 +550,7 @@ def run_preset(
         "nodes_initial": sum(p.count for p in scenario.cluster.nodes),
         "nodes_max": sum(p.limit for p in scenario.cluster.nodes),
         "fault_scale": sim.fault_scale,
-        "audited_decisions": simulator.audited,
+        "audited_decisions": audited,
     }
     summary = dataclasses.replace(result.summary, extra={**result.summary.extra, **info})
     return dataclasses.replace(result, summary=summary)

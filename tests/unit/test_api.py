@@ -562,3 +562,134 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 def test_replica_pids_reads_models(system: ServingSystem) -> None:
     # the in-process backend's replicas have no process of their own
     assert replica_pids(system) == {}
+
+
+# --------------------------------------------------------------------------- binary bodies
+
+NPY = "application/x-npy"
+
+
+def npy(array: np.ndarray) -> bytes:
+    from coscale.runtime.wire import encode_npy
+
+    return encode_npy(array)
+
+
+def read_npy(resp: httpx.Response) -> np.ndarray:
+    from coscale.runtime.wire import decode_npy
+
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == NPY
+    return decode_npy(resp.content)
+
+
+def test_npy_in_npy_out_matches_the_json_answer(
+    api: Api, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = digits[0][:40].astype(np.float32), digits[1][:40]
+    binary = api(
+        "POST",
+        "/v1/models/digits/infer",
+        content=npy(images),
+        headers={"content-type": NPY, "accept": NPY},
+    )
+    rows = read_npy(binary)
+    assert rows.shape == (40, 10) and rows.dtype == np.float32
+    assert (rows.argmax(axis=1) == labels).mean() >= 0.9
+    as_json = api("POST", "/v1/models/digits/infer", json={"inputs": images.tolist()})
+    probabilities = np.array([o["probabilities"] for o in as_json.json()["outputs"]])
+    np.testing.assert_allclose(rows, probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_npy_8x8_integers_in_json_out(api: Api, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    images = digits[0][:5].astype(np.int64).reshape(5, 8, 8)
+    resp = api(
+        "POST", "/v1/models/digits/infer", content=npy(images), headers={"content-type": NPY}
+    )
+    assert resp.status_code == 200, resp.text
+    assert [o["label"] for o in resp.json()["outputs"]] == list(digits[1][:5])
+
+
+def test_json_in_npy_out(api: Api, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    resp = api(
+        "POST",
+        "/v1/models/digits/infer",
+        json={"inputs": digits[0][:3].tolist()},
+        headers={"accept": f"application/json;q=0.5, {NPY}"},
+    )
+    assert read_npy(resp).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"not an array", "not a valid .npy"),
+        (npy(np.zeros((2, 64), np.float32))[:-4], "body carries"),
+        (npy(np.array(3.0)), "scalar"),
+        (b"\x93NUMPY\x09\x00" + b"\x00" * 20, "version"),
+    ],
+)
+def test_malformed_npy_is_400_naming_the_problem(api: Api, body: bytes, needle: str) -> None:
+    resp = api("POST", "/v1/models/digits/infer", content=body, headers={"content-type": NPY})
+    assert needle in assert_error(resp, 400, "malformed_body")["message"]
+
+
+def test_pickled_npy_is_refused(api: Api) -> None:
+    import io
+
+    stream = io.BytesIO()
+    np.save(stream, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    resp = api(
+        "POST", "/v1/models/digits/infer", content=stream.getvalue(), headers={"content-type": NPY}
+    )
+    assert "objects" in assert_error(resp, 400, "malformed_body")["message"]
+
+
+@pytest.mark.parametrize(
+    ("array", "needle"),
+    [
+        (np.zeros((2, 63), np.float32), "shape (2, 63)"),
+        (np.array(["a", "b"]), "shape (2,)"),
+        (np.full((3, 64), 2.0, np.float32) + np.eye(3, 64, 5, dtype=np.float32) * 20, "item 0"),
+        (np.zeros((0, 64), np.float32), "no items"),
+    ],
+)
+def test_npy_of_the_wrong_shape_or_range_is_422(api: Api, array: np.ndarray, needle: str) -> None:
+    resp = api("POST", "/v1/models/digits/infer", content=npy(array), headers={"content-type": NPY})
+    assert needle in assert_error(resp, 422, "invalid_input")["message"]
+
+
+def test_npy_over_the_item_limit_is_413(lt: LoopThread, system: ServingSystem) -> None:
+    small = Api(lt, create_app(system, limits=ApiLimits(max_items=4)))
+    resp = small(
+        "POST",
+        "/v1/models/digits/infer",
+        content=npy(np.zeros((5, 64), np.float32)),
+        headers={"content-type": NPY},
+    )
+    assert "5 items" in assert_error(resp, 413, "payload_too_large")["message"]
+
+
+def test_npy_timeout_goes_in_the_query(api: Api) -> None:
+    resp = api(
+        "POST",
+        "/v1/models/digits/infer?timeout_ms=-1",
+        content=npy(np.zeros((1, 64), np.float32)),
+        headers={"content-type": NPY},
+    )
+    assert "timeout_ms" in assert_error(resp, 422, "invalid_request")["message"]
+
+
+def test_openapi_documents_the_binary_body(api: Api) -> None:
+    infer = api("GET", "/openapi.json").json()["paths"]["/v1/models/{model}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", NPY}
+    assert NPY in infer["responses"]["200"]["content"]
+
+
+def test_npy_string_limit_names_the_longest_item() -> None:
+    from coscale.api import check_array_limits
+
+    texts = np.array(["short", "x" * 30, "y" * 12])
+    with pytest.raises(PayloadTooLarge, match=r"inputs\[1\]: item 1 holds a string of 30"):
+        check_array_limits(texts, ApiLimits(max_string_chars=20))
+    check_array_limits(texts, ApiLimits(max_string_chars=30))

@@ -24,6 +24,19 @@ Capacity of one replica
     best-effort capacity ``1 / L_o(1, s)`` (one item at a time) and ``meets_slo`` is False,
     so the model is still served and the plan's reason says the SLO cannot be met.
 
+Planning capacity (what allocation sizes with)
+    ``capacity_rps`` is the replica's *saturation* rate. A replica whose best batch is
+    one item (no batching, or only ``b = 1`` fits the budget) has nothing to absorb
+    random arrivals: at saturation its queue grows without bound. Such options are
+    planned at a utilisation ``u`` (:func:`planning_rps` = ``u × capacity_rps``), the
+    largest ``u ≤ MAX_UTILISATION`` (0.9) for which the M/M/1 wait tail
+    ``P(wait > slo − L) = u × exp(−(1 − u)(slo − L) / L)`` (``L = L_o(1, s)``) is at most
+    ``WAIT_TAIL`` = 0.01, found by bisection (60 steps, the tail rises with ``u``).
+    M/M/1 per replica is conservative for deterministic service and shared queues. A
+    batching option (best batch > 1) is planned at its capacity: batches grow with the
+    load and the other half of the SLO covers their wait. Every allocation policy ranks
+    and sizes with the planning capacity (:func:`rank_model`), the oracle included.
+
 Cost of one replica (US dollars per replica-hour)
     ``price(node, spot) / replicas_per_node`` for on-demand. A spot replica is preempted
     ``p`` = ``preemption_per_hour`` times an hour and its replacement needs ``startup_s``
@@ -36,7 +49,7 @@ Cost of one replica (US dollars per replica-hour)
         effective_spot = (f × spot_price + ρ × on_demand_price) / replicas_per_node
 
     Candidates (option × {on-demand, spot}) are ranked by effective $/h per request/s of
-    capacity, ascending; ties broken by node type, variant, on-demand before spot, so the
+    planning capacity, ascending; ties broken by node type, variant, on-demand before spot, so the
     ranking (and therefore every plan) is deterministic. Spot candidates exist only when
     the context allows spot (``spot_share`` > 0) and the node type has a spot price > 0.
 
@@ -46,8 +59,10 @@ Pools and placement
     the spot replicas still free (``floor(spot_share × max_replicas)`` per pool). Models
     are placed in the context's order, so under contention the earlier model wins.
     :func:`place_count` puts ``n`` replicas greedily on the ranked candidates;
-    :func:`place_capacity` covers a capacity in requests/s, spot first where cheaper and
-    within ``spot_share`` (see its docstring). Both are O(P) for P candidates, over a
+    :func:`place_capacity` covers a capacity in requests/s with whole replicas of the
+    most efficient candidates and the remainder with the cheapest absolute cover, spot
+    where cheaper and within ``spot_share`` (see its docstring). Both are O(P) for P
+    candidates, over a
     ranking sorted once at construction (O(P log P)). Replicas count as capacity only
     when READY: :func:`keep_ready` (make before break) keeps ready replicas a change of
     mix would stop until their replacements are ready.
@@ -72,6 +87,10 @@ DEFAULT_TYPICAL_SEQ_LEN = 128
 SECONDS_PER_HOUR = 3600.0
 #: Tolerance of rounding to integers (guards ceil/floor against floating-point noise).
 EPS = 1e-9
+#: Largest fraction of batch-1 replicas' wait tail allowed past the SLO (planning).
+WAIT_TAIL = 0.01
+#: Highest utilisation any batch-1 option is planned at.
+MAX_UTILISATION = 0.9
 
 #: Replica states that count towards a model's current replicas (not draining/stopped).
 ACTIVE_STATES = (ReplicaState.STARTING, ReplicaState.READY)
@@ -108,14 +127,64 @@ def capacity_rps(
     budget_fraction: float = LATENCY_BUDGET_FRACTION,
 ) -> float:
     """Requests/s one replica of ``option`` sustains within ``slo_s`` (0 if it cannot)."""
+    return _best(option, slo_s, seq_len, budget_fraction)[0]
+
+
+def _best(
+    option: VariantOption, slo_s: float, seq_len: int, budget_fraction: float
+) -> tuple[float, int]:
+    """(saturation capacity, the batch size reaching it); (0, 0) when none fits."""
     budget = slo_s * budget_fraction
     table = option.latency
-    best = 0.0
+    best, size = 0.0, 0
     for b in _candidate_batches(table, seq_len, budget):
         lat = table.latency(b, seq_len)
-        if 0.0 < lat <= budget:
-            best = max(best, b / lat)
-    return best
+        if 0.0 < lat <= budget and b / lat > best:
+            best, size = b / lat, b
+    return best, size
+
+
+def batch1_utilisation(
+    service_s: float,
+    slo_s: float,
+    *,
+    tail: float = WAIT_TAIL,
+    max_utilisation: float = MAX_UTILISATION,
+) -> float:
+    """Largest ``u ≤ max_utilisation`` with ``u × exp(−(1 − u)(slo − L)/L) ≤ tail``.
+
+    The M/M/1 probability that a request waits longer than ``slo − L`` (``L`` =
+    ``service_s``) at utilisation ``u``; it rises with ``u``, so bisection (60 steps)
+    finds the bound. ``L ≥ slo`` or ``L ≤ 0`` → 0 (no waiting room / no service).
+    """
+    if service_s <= 0 or service_s >= slo_s:
+        return 0.0
+    room = (slo_s - service_s) / service_s
+    if max_utilisation * math.exp(-(1.0 - max_utilisation) * room) <= tail:
+        return max_utilisation
+    lo, hi = 0.0, max_utilisation
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mid * math.exp(-(1.0 - mid) * room) <= tail:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def planning_rps(
+    option: VariantOption,
+    slo_s: float,
+    *,
+    seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
+    budget_fraction: float = LATENCY_BUDGET_FRACTION,
+) -> float:
+    """Requests/s allocation plans one replica for (module docstring, "Planning capacity"):
+    the saturation capacity, times :func:`batch1_utilisation` when its best batch is 1."""
+    cap, size = _best(option, slo_s, seq_len, budget_fraction)
+    if size != 1:
+        return cap
+    return cap * batch1_utilisation(option.latency.latency(1, seq_len), slo_s)
 
 
 def best_effort_rps(option: VariantOption, *, seq_len: int = DEFAULT_TYPICAL_SEQ_LEN) -> float:
@@ -269,14 +338,15 @@ def rank_model(
     budget_fraction: float = LATENCY_BUDGET_FRACTION,
     cache: dict[tuple[int, float], float] | None = None,
 ) -> ModelOptions:
-    """Candidates of one model on the node types that have a pool, ranked. O(P log P)."""
+    """Candidates of one model on the node types that have a pool, ranked by effective
+    cost per unit of planning capacity (:func:`planning_rps`). O(P log P)."""
     cache = {} if cache is None else cache
     usable = [o for o in target.options if o.node.name in pool_types]
 
     def cap(o: VariantOption) -> float:
         key = (id(o.latency), target.slo_s)
         if key not in cache:
-            cache[key] = capacity_rps(
+            cache[key] = planning_rps(
                 o, target.slo_s, seq_len=seq_len, budget_fraction=budget_fraction
             )
         return cache[key]
@@ -463,21 +533,30 @@ def place_capacity(
 ) -> Placement:
     """Cover ``required_rps`` of expected serving capacity at the least effective cost.
 
-    Algorithm (greedy over candidates sorted by effective $/h per request/s):
+    Algorithm (candidates sorted by effective $/h per request/s, ``c`` a candidate's
+    expected capacity per started replica: ``capacity`` on-demand, ``capacity / f`` spot):
 
     1. ``spot_budget = spot_share × required_rps`` is the capacity spot may serve.
-    2. For each candidate, cheapest first, while capacity is still needed: a spot
-       candidate takes ``floor(min(need, spot_budget) × f / capacity)`` replicas (floor,
-       so spot never exceeds its share; each serves ``capacity / f`` in expectation); an
-       on-demand candidate takes ``ceil(need / capacity)`` replicas. Each is capped by
-       the pool's free replicas (and free spot replicas).
-    3. Share by count: if spot replicas exceed ``floor(spot_share × all replicas)`` (spot
+    2. **Whole units**: the most efficient *usable* candidate — free room in its pools
+       and, for spot, at least one unit ``c`` left in the spot budget — takes
+       ``floor(need / c)`` replicas (spot: ``floor(min(need, spot_budget) / c)``),
+       capped by its pool's free (spot) replicas. When the cap or the spot budget cut it
+       short, the next usable candidate goes on with the rest; otherwise (and when its
+       unit is already larger than the need) ``need < c`` is left — the remainder.
+    3. **Remainder** (``need > 0``): covered by the single candidate whose cover
+       ``ceil(need / c)`` replicas costs least in absolute $/h (``n × effective $/h /
+       f``), among those with that many free replicas (spot only while ``n × c`` fits the
+       spot budget); ties to the better-ranked. So a small need goes to a $0.10/h CPU
+       replica rather than to a fraction of a $1/h GPU. Mixed covers are not searched.
+       When no candidate can cover it alone (pools nearly full), on-demand candidates in
+       rank order take ``ceil(need / c)`` each, as many as they have free.
+    4. Share by count: if spot replicas exceed ``floor(spot_share × all replicas)`` (spot
        replicas can be smaller than on-demand ones), the most expensive spot replicas are
-       dropped down to ``floor(spot_share × on_demand / (1 − spot_share))`` and step 2 is
-       re-run over on-demand candidates for the capacity they served.
+       dropped down to ``floor(spot_share × on_demand / (1 − spot_share))`` and steps 2–3
+       are re-run over on-demand candidates for the capacity they served.
 
     Edge cases: ``required_rps ≤ 0`` places nothing; pools exhausted leave the rest
-    uncovered (``expected_rps < required_rps``). O(P).
+    uncovered (``expected_rps < required_rps``). O(P): each step is one pass.
     """
     if required_rps <= 0:
         return Placement((), 0.0, 0, 0)
@@ -506,33 +585,67 @@ def place_capacity(
 
 
 def _greedy(
-    candidates: Iterable[Candidate],
+    candidates: Sequence[Candidate],
     need: float,
     spot_budget: float,
     ledger: PoolLedger,
     taken: dict[Candidate, int],
 ) -> float:
+    """Steps 2–3 of :func:`place_capacity`; returns the capacity left uncovered."""
     free = ledger.free_by_type()
     for c in candidates:
         if need <= EPS:
-            break
-        if not free.get(c.node_type, 0):
-            continue  # this node type's pools are full
-        if c.spot:
-            if spot_budget <= EPS:
-                continue
-            want = floor_int(min(need, spot_budget) / c.expected_rps)
-        else:
-            want = ceil_int(need / c.capacity_rps)
-        if want <= 0:
-            continue
+            return 0.0
+        if not free.get(c.node_type, 0) or (c.spot and spot_budget < c.expected_rps - EPS):
+            continue  # its pools are full, or not one unit of it fits spot's share
+        whole = floor_int(need / c.expected_rps)
+        if whole == 0:
+            break  # the best usable unit is larger than the need: the remainder
+        want = floor_int(min(need, spot_budget) / c.expected_rps) if c.spot else whole
         got = ledger.take(c.node_type, c.spot, want)
+        taken[c] = taken.get(c, 0) + got
+        need -= got * c.expected_rps
+        if c.spot:
+            spot_budget -= got * c.expected_rps
+        if got >= whole:
+            break  # not cut short: what is left is less than one of its units
+    if need <= EPS:
+        return 0.0
+    return _remainder(candidates, need, spot_budget, ledger, taken)
+
+
+def _remainder(
+    candidates: Sequence[Candidate],
+    need: float,
+    spot_budget: float,
+    ledger: PoolLedger,
+    taken: dict[Candidate, int],
+) -> float:
+    """Step 3: the cheapest single-candidate cover of ``need``, else on-demand spill."""
+    best: tuple[float, int, Candidate] | None = None
+    for c in candidates:
+        n = ceil_int(need / c.expected_rps)
+        if n <= 0 or ledger.free(c.node_type, c.spot) < n:
+            continue
+        if c.spot and n * c.expected_rps > spot_budget + EPS:
+            continue
+        cost = n * c.usd_per_hour / c.overprovision
+        if best is None or cost < best[0] - EPS:
+            best = (cost, n, c)
+    if best is not None:
+        _, n, c = best
+        ledger.take(c.node_type, c.spot, n)
+        taken[c] = taken.get(c, 0) + n
+        return 0.0
+    for c in candidates:
+        if need <= EPS:
+            break
+        if c.spot:
+            continue
+        got = ledger.take(c.node_type, False, ceil_int(need / c.capacity_rps))
         if got:
             taken[c] = taken.get(c, 0) + got
-            served = got * c.expected_rps
-            need -= served
-            if c.spot:
-                spot_budget -= served
+            need -= got * c.expected_rps
     return max(0.0, need)
 
 

@@ -13,9 +13,17 @@ and at most ``max_samples`` (default 4,096) are kept, so the state is bounded.
 records its sample and returns the last decision — with ``ready = max(1, ready
 replicas)`` (Knative uses 1 when no pod is ready):
 
-1. **Target** concurrency per replica: ``container_concurrency × target_utilization``
-   when ``container_concurrency`` > 0, else ``100 × target_utilization``; default
-   ``100 × 0.7 = 70``.
+1. **Target** concurrency per replica: ``base × target_utilization`` (0.7), with ``base``
+   = the ``target`` parameter (Knative's per-revision ``autoscaling.knative.dev/target``
+   annotation) when given, else ``container_concurrency`` when > 0, else 100: Knative's
+   default ``100 × 0.7 = 70``. ``target="slo"`` sets each model's annotation from its
+   profile, as an operator would after a load test: the concurrency one replica of the
+   option the plan fills first (the first ranked) holds at the utilisation every
+   allocation policy plans it for (``u`` = planning / saturation capacity, see
+   :mod:`.capacity`; it keeps the SLO's wait tail). One item at a time (M/M/1) that is
+   ``base = max(1, u / (1 − u))``; a batching option (``u = 1``) holds about its
+   capacity times half the SLO in flight, ``base = max(1, μ × S / 2)``. For a
+   millisecond model this keeps the SLO; 100 is tuned for web services, not for it.
 2. **Averages**: ``stable_avg`` / ``panic_avg`` = mean of the samples of the last
    ``stable_window_s`` = 60 s / ``panic_window_s`` = 6 s (10 % of stable), the current
    one included; ``stable_pods = ceil(stable_avg / target)``, ``panic_pods =
@@ -50,7 +58,10 @@ from coscale.policies.allocation.capacity import (
     DEFAULT_TYPICAL_SEQ_LEN,
     EPS,
     LATENCY_BUDGET_FRACTION,
+    ModelOptions,
     PoolLedger,
+    best_effort_rps,
+    capacity_rps,
     ceil_int,
     floor_int,
     plan_counts,
@@ -60,7 +71,7 @@ from coscale.policies.allocation.capacity import (
     validate_common,
     validate_context,
 )
-from coscale.policies.base import AllocationContext
+from coscale.policies.base import AllocationContext, ModelTarget
 from coscale.types import Plan, ReplicaState, Snapshot
 
 
@@ -95,6 +106,7 @@ class KpaPolicy:
         context: AllocationContext,
         *,
         container_concurrency: int = 0,
+        target: float | str | None = None,
         target_utilization: float = 0.7,
         default_target: float = 100.0,
         tick_s: float = 2.0,
@@ -133,8 +145,15 @@ class KpaPolicy:
             "fix the replica bounds",
         )
         require(max_samples >= 1, "max_samples must be >= 1", "keep at least one sample")
+        require(
+            target is None or target == "slo" or (not isinstance(target, str) and target > 0),
+            f"target must be a number > 0 or 'slo', got {target!r}",
+            "give the concurrency per replica, or 'slo' to derive it from the profile",
+        )
         self.context = context
         base = container_concurrency if container_concurrency > 0 else default_target
+        if target is not None and not isinstance(target, str):
+            base = float(target)
         self.target = base * target_utilization
         self.tick_s = tick_s
         self.stable_window_s = stable_window_s
@@ -148,6 +167,19 @@ class KpaPolicy:
         self._options = rank_context(
             context, allow_spot=False, seq_len=seq_len, budget_fraction=budget_fraction
         )
+        self._targets = {m: self.target for m in self._options}
+        if target == "slo":
+            self._targets = {
+                m.model: target_utilization
+                * slo_concurrency(
+                    self._options[m.model].candidates[0].capacity_rps
+                    if self._options[m.model].candidates
+                    else 0.0,
+                    _first_saturation(m, self._options[m.model], seq_len, budget_fraction),
+                    m.slo_s,
+                )
+                for m in context.models
+            }
         self._s_t = {m: pool_limit(o, context.pools) for m, o in self._options.items()}
         self._max = {
             m: max_replicas if max_replicas is not None else n for m, n in self._s_t.items()
@@ -208,8 +240,9 @@ class KpaPolicy:
         ready = max(1, ready_by_model.get(model, 0))
         stable = _mean(samples, now - self.stable_window_s)
         panic = _mean(samples, now - self.panic_window_s)
-        stable_raw = ceil_int(stable / self.target)
-        panic_raw = ceil_int(panic / self.target)
+        target = self._targets[model]
+        stable_raw = ceil_int(stable / target)
+        panic_raw = ceil_int(panic / target)
         lo = floor_int(ready / self.max_scale_down_rate)
         hi = ceil_int(ready * self.max_scale_up_rate)
         stable_pods = min(max(stable_raw, lo), hi)
@@ -233,6 +266,31 @@ class KpaPolicy:
             if now - zero_since < self.scale_to_zero_grace_s - EPS:
                 desired = 1
         return KpaModel(samples, desired, panic_time, max_panic, zero_since)
+
+
+def slo_concurrency(planning_rps: float, saturation_rps: float, slo_s: float) -> float:
+    """Rule 1's ``base`` for ``target="slo"``: ``max(1, u / (1 − u))`` with ``u`` =
+    planning / saturation capacity, or ``max(1, μ × S / 2)`` when ``u ≥ 1``."""
+    if saturation_rps <= 0:
+        return 1.0
+    u = planning_rps / saturation_rps
+    if u >= 1.0 - 1e-9:
+        return max(1.0, saturation_rps * slo_s / 2.0)
+    return max(1.0, u / (1.0 - u))
+
+
+def _first_saturation(
+    target: ModelTarget, options: ModelOptions, seq_len: int, budget_fraction: float
+) -> float:
+    """Saturation capacity of the model's first-ranked candidate (0 with none)."""
+    if not options.candidates:
+        return 0.0
+    first = options.candidates[0]
+    for o in target.options:
+        if (o.variant, o.node.name) == (first.variant, first.node_type):
+            cap = capacity_rps(o, target.slo_s, seq_len=seq_len, budget_fraction=budget_fraction)
+            return cap if cap > 0 else best_effort_rps(o, seq_len=seq_len)
+    return first.capacity_rps
 
 
 def _with_samples(prev: KpaModel, samples: tuple[tuple[float, float], ...]) -> KpaModel:

@@ -25,13 +25,19 @@ start-up (the longest of its options, as for the predictive policy):
 3. **Placement**: ``C`` covered by :func:`~.capacity.place_capacity` over the same
    candidates as the predictive policy (cheapest effective cost per capacity, spot up to
    ``spot_share``, pools' ``S_t``), with no margin, no hysteresis and no minimum:
-   zero demand → zero replicas. Pools exhausted → partial placement, said in the reason.
+   zero demand and an empty queue → zero replicas. Pools exhausted → partial placement,
+   said in the reason.
    When the cheapest mix changes (node type, on-demand/spot), ready replicas it would
    stop are kept until their replacements are ready (:func:`~.capacity.keep_ready`):
    start-up delays are obeyed, not skipped.
-4. **Peaks**: a curve's peak is its largest bin overlapping the window; a function is
+4. **Backlog**: while the model's queue holds work (``queue_length`` > 0 in the
+   snapshot), ``C`` is at least ``queue_length / Δ`` — capacity that drains the queue
+   within one interval — even when no demand is left (e.g. after the last arrival):
+   queued requests are served, never stranded by a zero plan. The same floor as the
+   predictive policy's backlog term.
+5. **Peaks**: a curve's peak is its largest bin overlapping the window; a function is
    sampled every ``sample_step_s`` (1 s) and at both ends of the window.
-5. **Models**: a model of the context with no demand given has zero demand; a demand
+6. **Models**: a model of the context with no demand given has zero demand; a demand
    for a name outside the context is an error.
 
 It is a lower bound because its capacity is exactly the demand at the SLO's capacity,
@@ -102,7 +108,7 @@ class OraclePolicy:
         self._ledger = PoolLedger.template(context.pools, context.spot_share)
 
     def peak(self, model: str, t0: float, t1: float) -> float:
-        """Step 4: the model's peak demand over ``[t0, t1]``."""
+        """Step 5: the model's peak demand over ``[t0, t1]``."""
         d = self.demand.get(model)
         if d is None:
             return 0.0
@@ -129,6 +135,7 @@ class OraclePolicy:
     def decide(self, snapshot: Snapshot, state: None) -> tuple[Plan, None]:
         now, dt = snapshot.time, self.context.interval_s
         replicas = group_by_model(snapshot.replicas)
+        queued = {v.name: v.queue_length for v in snapshot.models}
         ledger = self._ledger.copy()
         targets: list[ReplicaTarget] = []
         notes = ["oracle"]
@@ -139,7 +146,9 @@ class OraclePolicy:
             window = self.peak(m.model, now, now + u + dt)
             mine = replicas.get(m.model, [])
             existing = sum(options.capacity_of(r) for r in mine if r.serving)
-            need = max(future, min(existing, window), self._starting(options, mine, now, u + dt))
+            backlog = max(0, queued.get(m.model, 0)) / dt
+            starting = self._starting(options, mine, now, u + dt)
+            need = max(future, min(existing, window), starting, backlog)
             placed = place_capacity(options, need, ledger, self.context.spot_share)
             targets.extend(keep_ready(placed.targets, options, mine, need, ledger))
             note = f"{m.model}: {need:.1f} rps, {placed.count} replicas ({placed.spot_count} spot)"

@@ -11,8 +11,15 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
 2. **Horizon**: ``H = startup_s + interval_s``, ``startup_s`` being the longest start-up
    of the model's options: replicas started now serve from ``t + startup_s`` and those of
    the next decision from ``t + interval_s + startup_s``.
-3. **Forecast need**: ``F = peak forecast over [t, t + H] × (1 + margin)``, the margin
-   from the forecaster's recent relative errors (its 0.95 quantile; 0.25 while cold).
+3. **Forecast need**: ``F = peak forecast over [t, t + H] × (1 + margin)``, with
+   ``margin = max(m₁, m_H)``: ``m₁`` the forecaster's margin from its one-interval
+   errors (their 0.95 quantile; 0.25 while cold), ``m_H`` the same quantile of the
+   *horizon* errors: each decision's forecast peak ``P`` over ``[t, t + H]`` is kept
+   until ``t + H`` has passed, while the largest observed rate ``Y`` in that window is
+   recorded; then ``(Y − P) / max(P, ε)`` joins the last ``error_window`` horizon
+   errors (with fewer than ``min_errors``, ``m_H = 0``). One-interval errors miss how
+   far demand moves over a start-up; the horizon errors are the forecast's own misses
+   at the lead time it is used at. Both clamped to ``[min_margin, max_margin]``.
 4. **Reactive floor**: ``R = y + queue_length / backlog_drain_s`` (default
    ``interval_s``): never below what the observed rate and backlog need, so a burst the
    forecast missed is absorbed as soon as it is seen. 0 for a missing model.
@@ -41,12 +48,13 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
    forecast, with the cold margin. No traffic: ``C`` decays by the hysteresis to 0, and
    ``min_replicas`` remain. A missing model with no history: ``C = 0``.
 
-Complexity: O(N + M × (P + B + K log K)) per call for N replicas (one pass to group them),
-M models, P candidates, B seasonal bins and K errors.
+Complexity: O(N + M × (P + B + H/Δ + K log K)) per call for N replicas (one pass to group
+them), M models, P candidates, B seasonal bins, H/Δ open horizon windows and K errors.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from coscale.policies.allocation.capacity import (
@@ -72,11 +80,15 @@ from coscale.types import ModelView, Plan, ReplicaTarget, ReplicaView, Snapshot
 
 @dataclass(frozen=True, slots=True)
 class PredictiveModel:
-    """Per model: the forecast, recent wants (time, rps) and the provisioned capacity."""
+    """Per model: the forecast, recent wants (time, rps), the provisioned capacity, the
+    open horizon forecasts (window end, forecast peak, largest rate seen) and the last
+    horizon errors (step 3)."""
 
     forecast: ForecastState | None = None
     wants: tuple[tuple[float, float], ...] = ()
     capacity_rps: float = 0.0
+    open: tuple[tuple[float, float, float], ...] = ()
+    horizon_errors: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +197,10 @@ class PredictivePolicy:
             prev = (state.get(m.model) if state is not None else None) or PredictiveModel()
             view = views.get(m.model)
             fstate = self._observe(prev.forecast, now, view)
-            need = self.need(fstate, now, view, self._options[m.model])
+            opened, herrors = self._score(prev, now, view)
+            need = self.need(fstate, now, view, self._options[m.model], herrors)
+            horizon = self._options[m.model].startup_s + self.context.interval_s
+            opened = (*opened, (now + horizon, need.peak, 0.0))
             wants, cap = self._hysteresis(prev, now, need.want, self._options[m.model])
             placed, note = self._place(m.model, cap, ledger, replicas.get(m.model, []))
             targets.extend(placed)
@@ -193,7 +208,7 @@ class PredictivePolicy:
                 f"{m.model}: forecast {need.peak:.1f} rps +{need.margin:.0%}, "
                 f"floor {need.floor:.1f} → {cap:.1f} rps{note}"
             )
-            models.append((m.model, PredictiveModel(fstate, wants, cap)))
+            models.append((m.model, PredictiveModel(fstate, wants, cap, opened, herrors)))
         return plan(now, targets, notes), PredictiveState(tuple(models))
 
     # ----------------------------------------------------------------- steps
@@ -206,17 +221,44 @@ class PredictivePolicy:
         stamp = now - self.context.interval_s / 2
         return self.forecaster.observe(fstate, stamp, view.arrival_rate)
 
+    def _score(
+        self, prev: PredictiveModel, now: float, view: ModelView | None
+    ) -> tuple[tuple[tuple[float, float, float], ...], tuple[float, ...]]:
+        """Step 3, horizon errors: record the observed rate in the open windows, close
+        the windows that have ended. O(H / interval + K)."""
+        y = max(0.0, view.arrival_rate) if view is not None else 0.0
+        still: list[tuple[float, float, float]] = []
+        errors = list(prev.horizon_errors)
+        for end, peak, seen in prev.open:
+            seen = max(seen, y)
+            if end <= now + EPS:
+                errors.append((seen - peak) / max(peak, self.forecaster.config.error_floor_rps))
+            else:
+                still.append((end, peak, seen))
+        window = self.forecaster.config.error_window
+        return tuple(still), tuple(errors[-window:])
+
+    def horizon_margin(self, errors: tuple[float, ...]) -> float:
+        """``m_H`` of step 3 (0 with fewer than ``min_errors`` errors)."""
+        cfg = self.forecaster.config
+        if len(errors) < cfg.min_errors:
+            return 0.0
+        ranked = sorted(errors)
+        k = min(len(ranked) - 1, max(0, math.ceil(cfg.margin_quantile * len(ranked)) - 1))
+        return min(max(ranked[k], cfg.min_margin), cfg.max_margin)
+
     def need(
         self,
         fstate: ForecastState | None,
         now: float,
         view: ModelView | None,
         options: ModelOptions,
+        horizon_errors: tuple[float, ...] = (),
     ) -> Need:
         """Steps 2–5: the capacity (requests/s) this decision wants for one model."""
         horizon = options.startup_s + self.context.interval_s
         peak = self.forecaster.peak(fstate, now, now + horizon)
-        margin = self.forecaster.margin(fstate)
+        margin = max(self.forecaster.margin(fstate), self.horizon_margin(horizon_errors))
         floor = 0.0
         if view is not None:
             floor = max(0.0, view.arrival_rate) + view.queue_length / self.backlog_drain_s

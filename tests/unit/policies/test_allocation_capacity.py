@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -10,8 +11,11 @@ from coscale.catalog.nodes import NodeType
 from coscale.errors import CoscaleError
 from coscale.policies.allocation import ALLOCATION, make_allocation
 from coscale.policies.allocation.capacity import (
+    MAX_UTILISATION,
+    WAIT_TAIL,
     DemandCurve,
     PoolLedger,
+    batch1_utilisation,
     capacity_rps,
     effective_usd_per_hour,
     keep_ready,
@@ -19,6 +23,7 @@ from coscale.policies.allocation.capacity import (
     place_capacity,
     place_count,
     plan_counts,
+    planning_rps,
     rank_context,
     rank_model,
     replica_usd_per_hour,
@@ -50,8 +55,13 @@ def flat(lat: float = 0.1) -> LatencyTable:
     return LatencyTable((1,), (0,), ((lat,),))
 
 
+def paired(lat: float = 0.1) -> LatencyTable:
+    """Batches of two in ``2 × lat`` s: capacity 1/lat, best batch 2 (planned at capacity)."""
+    return LatencyTable((1, 2), (0,), ((1.5 * lat, 2 * lat),))
+
+
 def option(n: NodeType, table: LatencyTable | None = None, model: str = "m") -> VariantOption:
-    return VariantOption(model, "v", n, table or flat(), 1.0)
+    return VariantOption(model, "v", n, table or paired(), 1.0)
 
 
 def context(
@@ -105,6 +115,55 @@ def test_best_effort_when_no_option_meets_the_slo() -> None:
     opts = rank_model(target, frozenset({"cpu"}), allow_spot=False)
     assert not opts.meets_slo
     assert opts.candidates[0].capacity_rps == pytest.approx(2.5)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_batch1_utilisation_bounds_the_mm1_wait_tail() -> None:
+    # L = 0.1 s, SLO 1 s: room (S − L)/L = 9; u e^{−9(1−u)} = 0.01 at u ≈ 0.556
+    u = batch1_utilisation(0.1, 1.0)
+    assert u * math.exp(-(1 - u) * 9) == pytest.approx(WAIT_TAIL, rel=1e-6)
+    assert 0.5 < u < 0.6
+    # a larger tail allows more, a smaller one less
+    assert batch1_utilisation(0.1, 1.0, tail=0.05) > u > batch1_utilisation(0.1, 1.0, tail=0.001)
+
+
+def test_batch1_utilisation_is_capped() -> None:
+    # a millisecond model under a 200 ms SLO could run near 1: capped at 0.9
+    assert batch1_utilisation(0.0003, 0.2) == MAX_UTILISATION
+    assert batch1_utilisation(0.0003, 0.2, max_utilisation=0.7) == 0.7
+
+
+def test_batch1_utilisation_is_zero_without_waiting_room_or_service() -> None:
+    assert batch1_utilisation(1.0, 1.0) == 0.0
+    assert batch1_utilisation(2.0, 1.0) == 0.0
+    assert batch1_utilisation(0.0, 1.0) == 0.0
+
+
+def test_planning_capacity_of_a_batch1_option_is_its_utilisation_share() -> None:
+    o = option(node(), flat(0.1))
+    assert capacity_rps(o, 1.0) == pytest.approx(10.0)
+    assert planning_rps(o, 1.0) == pytest.approx(10.0 * batch1_utilisation(0.1, 1.0))
+    # best batch 1 also when larger batches exist but do not fit the budget
+    table = LatencyTable((1, 8), (0,), ((0.1, 0.9),))
+    assert planning_rps(option(node(), table), 1.0) == pytest.approx(
+        10.0 * batch1_utilisation(0.1, 1.0)
+    )
+
+
+def test_planning_capacity_of_a_batching_option_is_its_capacity() -> None:
+    o = option(node(), paired(0.1))
+    assert planning_rps(o, 1.0) == pytest.approx(capacity_rps(o, 1.0)) == pytest.approx(10.0)
+
+
+def test_every_policy_ranks_by_planning_capacity() -> None:
+    ctx = context([(node("a"), 5)])
+    ctx1 = AllocationContext(
+        (ModelTarget("m", 1.0, (option(node("a"), flat(0.1)),)),), ctx.pools, 0.0
+    )
+    c = rank_context(ctx1, allow_spot=False)["m"].candidates[0]
+    assert c.capacity_rps == pytest.approx(planning_rps(option(node("a"), flat(0.1)), 1.0))
 
 
 # ----------------------------------------------------------------------------- cost
@@ -209,7 +268,7 @@ def test_place_capacity_keeps_spot_count_within_share() -> None:
     # 50 % spot is 2 spot + 1 on-demand = 67 % of replicas, above the 50 % share.
     small = node("small", od=1.0, spot=0.05)
     big = node("big", od=1.0, spot=0.9)
-    opts_t = (option(small, flat(0.2)), option(big, flat(0.05)))
+    opts_t = (option(small, paired(0.2)), option(big, paired(0.05)))
     ctx = AllocationContext((ModelTarget("m", 1.0, opts_t),), (Pool(small, 10), Pool(big, 10)), 0.5)
     opts = rank_context(ctx, allow_spot=True)["m"]
     placed = place_capacity(opts, 20.0, PoolLedger.template(ctx.pools, 0.5), 0.5)
@@ -220,6 +279,83 @@ def test_place_capacity_keeps_spot_count_within_share() -> None:
         ReplicaTarget("m", "v", "big", 2, spot=False),
     }
     assert placed.spot_count <= 0.5 * placed.count
+
+
+def test_place_capacity_covers_a_small_need_with_the_cheapest_absolute_option() -> None:
+    # GPU: 100 rps for $1/h (0.01 $/rps, best ranked); CPU: 5 rps for $0.1/h (0.02 $/rps)
+    gpu = option(node("gpu", od=1.0), paired(0.01))
+    cpu = option(node("cpu", od=0.1), paired(0.2))
+    ctx = AllocationContext(
+        (ModelTarget("m", 1.0, (gpu, cpu)),), (Pool(gpu.node, 10), Pool(cpu.node, 100)), 0.0
+    )
+    opts = rank_context(ctx, allow_spot=False)["m"]
+    assert opts.candidates[0].node_type == "gpu"
+    ledger = PoolLedger.template(ctx.pools, 0.0)
+    # 8 rps: two CPU replicas ($0.2/h), not a GPU ($1/h)
+    assert place_capacity(opts, 8.0, ledger.copy(), 0.0).targets == (
+        ReplicaTarget("m", "v", "cpu", 2),
+    )
+    # 260 rps: two whole GPUs, then 60 rps left: 12 CPUs ($1.2/h) cost more than one GPU
+    assert place_capacity(opts, 260.0, ledger.copy(), 0.0).targets == (
+        ReplicaTarget("m", "v", "gpu", 3),
+    )
+    # 215 rps: two whole GPUs, then 15 rps: three CPUs ($0.3/h)
+    assert set(place_capacity(opts, 215.0, ledger.copy(), 0.0).targets) == {
+        ReplicaTarget("m", "v", "gpu", 2),
+        ReplicaTarget("m", "v", "cpu", 3),
+    }
+
+
+def test_place_capacity_remainder_ties_go_to_the_better_ranked() -> None:
+    # same price, same capacity: "a" ranks first (name order) and takes the remainder
+    ctx = context([(node("b"), 10), (node("a"), 10)])
+    opts = rank_context(ctx, allow_spot=False)["m"]
+    placed = place_capacity(opts, 5.0, PoolLedger.template(ctx.pools, 0.0), 0.0)
+    assert placed.targets == (ReplicaTarget("m", "v", "a", 1),)
+
+
+def test_place_capacity_whole_units_move_on_when_a_pool_is_full() -> None:
+    gpu = option(node("gpu", od=1.0), paired(0.01))
+    cpu = option(node("cpu", od=0.1), paired(0.2))
+    ctx = AllocationContext(
+        (ModelTarget("m", 1.0, (gpu, cpu)),), (Pool(gpu.node, 1), Pool(cpu.node, 100)), 0.0
+    )
+    opts = rank_context(ctx, allow_spot=False)["m"]
+    # one GPU (its pool is full), then 50 rps of whole CPU replicas
+    assert set(place_capacity(opts, 150.0, PoolLedger.template(ctx.pools, 0.0), 0.0).targets) == {
+        ReplicaTarget("m", "v", "gpu", 1),
+        ReplicaTarget("m", "v", "cpu", 10),
+    }
+
+
+def test_place_capacity_spills_when_no_single_option_covers_the_remainder() -> None:
+    # need 25 at 10 rps: whole units take both "a"; 5 left; "b" has 1 free → covers it
+    ctx = context([(node("a", od=1.0), 2), (node("b", od=1.5), 1)])
+    opts = rank_context(ctx, allow_spot=False)["m"]
+    placed = place_capacity(opts, 25.0, PoolLedger.template(ctx.pools, 0.0), 0.0)
+    assert placed.count == 3
+    # 45 left after "a" cannot be covered by "b" alone (1 free): spill takes what is free
+    placed = place_capacity(opts, 65.0, PoolLedger.template(ctx.pools, 0.0), 0.0)
+    assert placed.count == 3 and placed.expected_rps == pytest.approx(30.0)
+
+
+def test_place_capacity_skips_spot_whose_unit_exceeds_the_spot_budget() -> None:
+    # big spot unit (100 rps) > spot budget (0.5 × 150 = 75): skipped (not a stop), so
+    # small spot replicas take the budget; the share by count then trims them to one
+    # and the rest goes on-demand
+    big = option(node("big", od=1.0, spot=0.2), paired(0.01))
+    small = option(node("small", od=0.5, spot=0.01), paired(0.2))
+    ctx = AllocationContext(
+        (ModelTarget("m", 1.0, (big, small)),), (Pool(big.node, 10), Pool(small.node, 100)), 0.5
+    )
+    opts = rank_context(ctx, allow_spot=True)["m"]
+    assert opts.candidates[0].node_type == "big" and opts.candidates[0].spot
+    placed = place_capacity(opts, 150.0, PoolLedger.template(ctx.pools, 0.5), 0.5)
+    assert set(placed.targets) == {
+        ReplicaTarget("m", "v", "small", 1, spot=True),
+        ReplicaTarget("m", "v", "big", 2, spot=False),
+    }
+    assert placed.expected_rps >= 150.0
 
 
 def test_place_capacity_falls_short_when_pools_are_exhausted() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import pytest
+
 from coscale.catalog.nodes import NodeType
-from coscale.policies.allocation.kpa import KpaPolicy, KpaState
+from coscale.errors import CoscaleError
+from coscale.policies.allocation.capacity import batch1_utilisation
+from coscale.policies.allocation.kpa import KpaPolicy, KpaState, slo_concurrency
 from coscale.policies.base import AllocationContext, ModelTarget, Pool, VariantOption
 from coscale.types import (
     LatencyTable,
@@ -208,3 +213,36 @@ def test_placement_spills_over_full_pools() -> None:
 def test_a_count_at_s_t_is_reported() -> None:
     plan, _ = KpaPolicy(context((("cpu", 1.0, 4),))).decide(snap(0.0, queue=7000), None)
     assert plan.count("m") == 4 and "capped at S_t = 4" in plan.reason
+
+
+# ------------------------------------------------------------------ 1. target annotation
+
+
+def test_target_annotation_replaces_the_default_of_100() -> None:
+    # 14 concurrent at target 10 × 0.7 = 7 → 2 replicas; at the default 70 → 1
+    assert drive(kpa(target=10.0), [(0.0, 14, 1)])[0] == [2]
+    assert drive(kpa(), [(0.0, 14, 1)])[0] == [1]
+
+
+def test_target_slo_is_the_concurrency_at_the_planning_utilisation() -> None:
+    # one item per 0.1 s (μ = 10/s), SLO 1 s: planned at u = batch1_utilisation(0.1, 1)
+    u = batch1_utilisation(0.1, 1.0)
+    expected = max(1.0, u / (1 - u)) * 0.7
+    assert slo_concurrency(10.0 * u, 10.0, 1.0) == pytest.approx(expected / 0.7)
+    counts, _ = drive(kpa(target="slo"), [(0.0, 3, 1)])
+    assert counts == [math.ceil(3 / expected)]
+
+
+def test_target_slo_of_a_batching_option_is_capacity_times_half_the_slo() -> None:
+    assert slo_concurrency(400.0, 400.0, 0.2) == pytest.approx(40.0)
+
+
+def test_target_slo_is_at_least_one_request() -> None:
+    assert slo_concurrency(0.1, 1.0, 1.0) == 1.0
+    assert slo_concurrency(0.0, 0.0, 1.0) == 1.0
+
+
+def test_bad_target_is_rejected() -> None:
+    for bad in (0.0, -1.0, "fast"):
+        with pytest.raises(CoscaleError):
+            kpa(target=bad)

@@ -9,7 +9,14 @@ from coscale.errors import CoscaleError
 from coscale.policies.allocation.capacity import DemandCurve
 from coscale.policies.allocation.oracle import OraclePolicy
 from coscale.policies.base import AllocationContext, ModelTarget, Pool, VariantOption
-from coscale.types import LatencyTable, ReplicaState, ReplicaTarget, ReplicaView, Snapshot
+from coscale.types import (
+    LatencyTable,
+    ModelView,
+    ReplicaState,
+    ReplicaTarget,
+    ReplicaView,
+    Snapshot,
+)
 
 
 def node(name: str = "a", od: float = 1.0, startup: float = 60.0) -> NodeType:
@@ -22,8 +29,9 @@ def node(name: str = "a", od: float = 1.0, startup: float = 60.0) -> NodeType:
 def context(
     nodes: tuple[tuple[NodeType, int], ...] = ((node(), 1000),), spot_share: float = 0.0
 ) -> AllocationContext:
-    """10 requests/s per replica; decisions every 15 s; start-up 60 s."""
-    table = LatencyTable((1,), (0,), ((0.1,),))
+    """10 requests/s per replica (batches of 2 in 0.2 s: planned at capacity); decisions every
+    15 s; start-up 60 s."""
+    table = LatencyTable((1, 2), (0,), ((0.15, 0.2),))
     opts = tuple(VariantOption("m", "v", n, table, 1.0) for n, _ in nodes)
     pools = tuple(Pool(n, k) for n, k in nodes)
     return AllocationContext((ModelTarget("m", 1.0, opts),), pools, spot_share, 15.0)
@@ -81,6 +89,20 @@ def test_unknown_replicas_count_their_own_capacity() -> None:
         ReplicaTarget("m", "v", "a", 10),
         ReplicaTarget("m", "other-variant", "a", 2),
     )
+
+
+# ------------------------------------------------------------------ 4. backlog
+
+
+def test_keeps_capacity_while_a_queue_remains_after_the_demand_ends() -> None:
+    policy = OraclePolicy(context(), demand={"m": step(100.0, 0.0, 50)})
+    queued = Snapshot(900.0, (ModelView("m", 0.0, queue_length=300),), ready(10))
+    plan, _ = policy.decide(queued, None)
+    assert plan.count("m") == 2  # 300 queued / 15 s = 20 rps = two replicas of 10
+    empty = Snapshot(900.0, (ModelView("m", 0.0, queue_length=0),), ready(10))
+    assert policy.decide(empty, None)[0].count("m") == 0
+    cold = Snapshot(900.0, (ModelView("m", 0.0, queue_length=5),), ())
+    assert policy.decide(cold, None)[0].count("m") == 1  # a stranded queue starts one
 
 
 # ------------------------------------------------------------------ 3. placement

@@ -50,8 +50,9 @@ def context(
     spot_share: float = 0.0,
     table: LatencyTable | None = None,
 ) -> AllocationContext:
-    """10 requests/s per replica (one item per 0.1 s) unless ``table`` says otherwise."""
-    table = table or LatencyTable((1,), (0,), ((0.1,),))
+    """10 requests/s per replica (batches of 2 in 0.2 s: planned at capacity) unless ``table``
+    says otherwise."""
+    table = table or LatencyTable((1, 2), (0,), ((0.15, 0.2),))
     opts = tuple(VariantOption("m", "v", n, table, 1.0) for n, _ in nodes)
     pools = tuple(Pool(n, k) for n, k in nodes)
     return AllocationContext((ModelTarget("m", 1.0, opts),), pools, spot_share, 15.0)
@@ -116,6 +117,36 @@ def test_forecast_need_carries_the_margin() -> None:
     policy = PredictivePolicy(context())
     need = policy.need(steady(100.0), T0, None, policy._options["m"])
     assert need.margin == 0.05 and need.want == pytest.approx(105.0)
+
+
+def test_horizon_errors_are_scored_when_the_window_ends() -> None:
+    policy = PredictivePolicy(context())
+    # a forecast peak of 100 for a window ending at T0 + 75, and one still open
+    prev = PredictiveModel(
+        steady(100.0), (), 0.0, ((T0 + 75.0, 100.0, 90.0), (T0 + 90.0, 80.0, 0.0))
+    )
+    opened, errors = policy._score(prev, T0 + 75.0, ModelView("m", 130.0))
+    assert errors == pytest.approx((0.3,))  # (max(90, 130) − 100) / 100
+    assert opened == ((T0 + 90.0, 80.0, 130.0),)  # the open one saw 130
+
+
+def test_each_decision_opens_a_horizon_window_with_its_forecast_peak() -> None:
+    _, m = decide(PredictivePolicy(context()), snap(T0, 50.0))
+    assert len(m.open) == 1
+    end, peak, seen = m.open[0]
+    assert end == T0 + 75.0 and peak == pytest.approx(50.0) and seen == 0.0
+
+
+def test_margin_is_the_larger_of_one_interval_and_horizon_errors() -> None:
+    policy = PredictivePolicy(context())
+    opts = policy._options["m"]
+    assert policy.horizon_margin((0.5,) * 7) == 0.0  # fewer than min_errors
+    herr = (0.0,) * 4 + (0.3,) * 4  # 0.95 quantile: 0.3
+    assert policy.horizon_margin(herr) == pytest.approx(0.3)
+    need = policy.need(steady(100.0), T0, None, opts, herr)
+    assert need.margin == pytest.approx(0.3) and need.want == pytest.approx(130.0)
+    assert policy.need(steady(100.0), T0, None, opts, (0.0,) * 8).margin == 0.05
+    assert policy.horizon_margin((5.0,) * 8) == 1.0  # clamped to max_margin
 
 
 def test_reactive_floor_is_rate_plus_backlog_over_drain_time() -> None:
@@ -228,7 +259,7 @@ def test_min_replicas_are_kept_on_demand() -> None:
 
 def test_models_are_placed_in_context_order() -> None:
     a = node("a")
-    table = LatencyTable((1,), (0,), ((0.1,),))
+    table = LatencyTable((1, 2), (0,), ((0.15, 0.2),))
     targets = tuple(
         ModelTarget(m, 1.0, (VariantOption(m, "v", a, table, 1.0),)) for m in ("x", "y")
     )

@@ -27,9 +27,10 @@ def node(name: str, od: float) -> NodeType:
 
 
 def context(cheap_max: int = 100, models: tuple[str, ...] = ("m",)) -> AllocationContext:
-    """Two pools: "cheap" ($1/h) and "dear" ($2/h, 50 replicas); 10 rps per replica."""
+    """Two pools: "cheap" ($1/h) and "dear" ($2/h, 50 replicas); 10 rps per replica (batches
+    of 2 in 0.2 s: planned at capacity)."""
     cheap, dear = node("cheap", 1.0), node("dear", 2.0)
-    table = LatencyTable((1,), (0,), ((0.1,),))
+    table = LatencyTable((1, 2), (0,), ((0.15, 0.2),))
     targets = tuple(
         ModelTarget(m, 1.0, tuple(VariantOption(m, "v", n, table, 1.0) for n in (cheap, dear)))
         for m in models

@@ -23,10 +23,14 @@ from coscale.policies.routing import (
     PrequalState,
     Probe,
     RandomRouting,
+    ReadyViews,
     RoundRobin,
     SeedState,
     SwrrState,
     WeightedRoundRobin,
+    _draw_index,
+    _sample_distinct,
+    candidates,
     nearest_rank_quantile,
 )
 from coscale.types import Batch, LatencyTable, ReplicaState, ReplicaView, Request
@@ -293,6 +297,24 @@ def test_power_of_two_ties_go_to_the_first_sampled() -> None:
         _, u = splitmix64(seed)
         d, _ = PowerOfTwo(seed=seed).route(batch(), replicas, None)
         assert d.replica_id == replicas[math.floor(u * 2)].id
+
+
+def test_power_of_two_sampling_is_a_partial_fisher_yates_in_constant_space() -> None:
+    # the sparse sampler picks exactly what a partial Fisher–Yates over range(n) picks
+    for n in (1, 2, 3, 10, 1000):
+        for seed in range(30):
+            pool, s = list(range(n)), seed
+            for i in range(min(2, n)):
+                s, j = _draw_index(s, n - i)
+                pool[i], pool[i + j] = pool[i + j], pool[i]
+            assert _sample_distinct(seed, n, min(2, n)) == (s, pool[: min(2, n)])
+
+
+def test_ready_views_are_candidates_as_they_are() -> None:
+    views = ReadyViews([rep("a"), rep("b")])
+    assert candidates(batch(), views) is views
+    mixed = [rep("a"), rep("x", model="other"), rep("s", state=ReplicaState.STARTING)]
+    assert [r.id for r in candidates(batch(), mixed)] == ["a"]
 
 
 def test_power_of_two_backoff_grows_by_step_up_to_max() -> None:

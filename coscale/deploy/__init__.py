@@ -1,0 +1,1 @@
+"""Deployment: render what runs coscale on other platforms (Kubernetes through KubeRay)."""
