@@ -404,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"cluster: {SCENARIO.relative_to(ROOT)}; mode {args.mode}; fault scale "
         f"{args.fault_scale:g}; seed {args.seed}; servegen x{args.servegen_time_scale:g} at "
-        f"{args.servegen_rate_scale:g}x its rates; azure x{args.azure_rate_scale:g} load"
+        f"{args.servegen_rate_scale:g}x its rates; azure x"
+        f"{args.azure_rate_scale if args.mode == 'fluid' else 1.0:g} load"
     )
     _print_runs(runs)
     goals = _goals(runs)
