@@ -12,7 +12,11 @@ message is ``(ReplicaSpec, WorkerOptions)``, then batches) and the *control* cha
 segments outliving everyone are still unlinked. In order, the worker
 
 1. ignores SIGINT (Ctrl-C in a terminal reaches the whole process group; the parent
-   decides when its workers stop and drains them), applies the backend's extra
+   decides when its workers stop and drains them), lowers its own CPU priority by
+   ``WorkerOptions.nice`` (the local backend's :data:`~coscale.backends.local.WORKER_NICE`:
+   the server process's event loop — admission, parsing, answering — then gets a core
+   as soon as it needs one, while the workers take every cycle it leaves; without it a
+   saturated worker starves the front end and even a 429 waits), applies the backend's extra
    environment, and sets :data:`THREAD_ENV_VARS` (``OMP_NUM_THREADS``,
    ``MKL_NUM_THREADS``, …; the parent already put them in its environment) to
    ``spec.threads`` — and ``torch.set_num_threads`` before and after the build when
@@ -121,6 +125,8 @@ class WorkerOptions:
     parent_pid: int
     max_batch: int = 64
     env: tuple[tuple[str, str], ...] = ()
+    #: added to the worker's nice value (0: same priority as the server)
+    nice: int = 0
 
 
 class WorkerError(RuntimeError):
@@ -295,11 +301,19 @@ def build_and_warm(spec: ReplicaSpec, max_batch: int) -> Built:
     )
 
 
+def _lower_priority(increment: int) -> None:
+    """``os.nice(increment)`` (a positive increment lowers the priority; refused → kept)."""
+    if increment > 0:
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(increment)
+
+
 def worker_main(
     conn: Connection, control: Connection, spec: ReplicaSpec, options: WorkerOptions
 ) -> None:
     """The worker process's entry point (see the module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _lower_priority(options.nice)
     _apply_env(max(1, spec.threads), options.env)
     try:
         fault = parse_fault(os.environ.get(FAULT_ENV, ""), spec.id)

@@ -25,7 +25,7 @@ import pytest
 from coscale.accel.digits import DigitsFamily
 from coscale.accel.minilm import MiniLMFamily
 from coscale.backends.base import ReplicaDied, ReplicaSpec, ReplicaStartError
-from coscale.backends.local import LocalBackend, LocalReplica
+from coscale.backends.local import WORKER_NICE, LocalBackend, LocalReplica
 from coscale.errors import InvalidInputError
 from coscale.runtime import shm
 from coscale.runtime.worker import EXIT_FAULT_CRASH, FAULT_ENV, WorkerError
@@ -92,6 +92,12 @@ def test_two_replicas_serve_exactly_what_the_variant_computes_in_process(
     assert a.alive() and b.alive()
     assert a.info["threads"] == 1 and a.info["variant"] == "fp32-eager"
     assert a.info["torch_threads"] == 1  # torch's own default would be every core
+    # workers run at a lower CPU priority than the server (WORKER_NICE)
+    server_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    for replica in pair:
+        assert replica.pid is not None
+        worker_nice = os.getpriority(os.PRIO_PROCESS, replica.pid)
+        assert worker_nice == min(19, server_nice + WORKER_NICE)
     for replica in pair:
         assert psutil.Process(replica.pid).environ()["OMP_NUM_THREADS"] == "1"
     print(f"\nstart_s digits-cnn: fp32-eager {a.info['start_s']:.2f}, onnx {b.info['start_s']:.2f}")
