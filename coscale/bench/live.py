@@ -127,7 +127,7 @@ def local_node() -> Any:
 def resolve_profile(model: str) -> Path | None:
     """The profile file both the server and the simulator use: this machine's (from
     ``coscale profile``), else the shipped reference when it was measured on this
-    hardware, else None (the server then measures one in quick mode)."""
+    hardware, else None (:func:`measure_profile` then measures one in quick mode)."""
     from coscale.catalog.profiles import default_profile_path, load_profile
     from coscale.sim.profiles import REFERENCE_PROFILES_DIR
 
@@ -142,6 +142,22 @@ def resolve_profile(model: str) -> Path | None:
             return None
         return shipped
     return None
+
+
+def measure_profile(model: str) -> Path:
+    """Profile ``model``'s variants in quick mode (what ``coscale serve`` does when it
+    finds no profile) and save it where :func:`resolve_profile` looks first."""
+    from datetime import UTC, datetime
+
+    from coscale.accel.profiler import profile_family
+    from coscale.accel.zoo import get_family
+    from coscale.catalog.profiles import default_profile_path, save_profile
+
+    family = get_family(model)
+    result = profile_family(
+        family, quick=True, measured_at=datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    return save_profile(result, default_profile_path(family.name))
 
 
 @dataclass(frozen=True)
@@ -296,23 +312,19 @@ def served_name(model: str) -> str:
     return "minilm" if model == "minilm" else "digits"
 
 
-def write_scenario(
-    folder: Path, settings: BenchSettings, node_type: str, plan: CyclePlan | None = None
-) -> Path:
+def write_scenario(folder: Path, settings: BenchSettings, node_type: str, plan: CyclePlan) -> Path:
     """The one-model, one-pool scenario every live run serves. Its workload is the
     cycle's trace segment at the cycle's speed-up (``plan``), so the server's policies
     see the lengths and rates they will serve (variant choice at the typical length,
-    static sizing from the mean rate); without a plan, a placeholder Poisson load."""
-    workload: dict[str, Any] = {"generator": {"kind": "poisson", "rate_rps": 1, "duration_s": 60}}
-    if plan is not None:
-        workload = {
-            "trace": {
-                "path": settings.trace,
-                "start_s": plan.start_s,
-                "duration_s": plan.segment_s,
-                "time_scale": plan.speedup,
-            }
+    static sizing from the mean rate)."""
+    workload = {
+        "trace": {
+            "path": settings.trace,
+            "start_s": plan.start_s,
+            "duration_s": plan.segment_s,
+            "time_scale": plan.speedup,
         }
+    }
     scenario = {
         "name": f"bench-live-{settings.model}",
         "seed": settings.seed,
@@ -668,13 +680,9 @@ def run_live(
     with tempfile.TemporaryDirectory(prefix="coscale-bench-") as tmp:
         folder = work_dir or Path(tmp)
         profile_path = resolve_profile(settings.model)
-        if profile_path is None:  # a first server measures one (quick mode) and saves it
-            say(f"no profile of {settings.model} here: the server measures one first")
-            placeholder = write_scenario(folder, settings, node.name)
-            first = Server(placeholder, settings.live_presets[0], None, folder)
-            first.start()
-            first.stop()
-            profile_path = resolve_profile(settings.model)
+        if profile_path is None:
+            say(f"no profile of {settings.model} here: measuring one (quick mode) first")
+            profile_path = measure_profile(settings.model)
         profile = load_profile(profile_path) if profile_path else None
         if profile is None:
             raise CoscaleError(

@@ -139,8 +139,17 @@ def fidelity_rows(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _goal(key: str, measured: float | None, met: bool | None, figure: str) -> dict[str, Any]:
+#: Goals whose measured figure must stay at or below the threshold (errors); the others
+#: must reach it.
+_AT_MOST = frozenset({"fidelity"})
+
+
+def _goal(key: str, measured: float | None, figure: str) -> dict[str, Any]:
+    """The goal ``key`` of :data:`GOALS` judged on ``measured`` (None: not measured)."""
     text, threshold = next((t, th) for k, t, th in GOALS if k == key)
+    met = None
+    if measured is not None:
+        met = measured <= threshold if key in _AT_MOST else measured >= threshold
     if met is None:
         verdict = f"NOT MEASURED: {text} ({figure})."
     else:
@@ -165,7 +174,6 @@ def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         _goal(
             "processing_time",
             lat,
-            None if lat is None else lat >= 50.0,
             "no live optimized-b/baseline pair" if lat is None else f"{lat:.1f} % lower",
         )
     )
@@ -174,7 +182,6 @@ def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         _goal(
             "cost",
             cost,
-            None if cost is None else cost >= 40.0,
             "no live optimized-b/baseline pair" if cost is None else f"{cost:.1f} % lower",
         )
     )
@@ -183,7 +190,6 @@ def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         _goal(
             "reliability",
             rel,
-            None if rel is None else rel >= 0.999,
             "no live optimized-b run" if rel is None else f"{100 * rel:.2f} %",
         )
     )
@@ -194,7 +200,6 @@ def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         _goal(
             "scaling",
             eff,
-            None if eff is None else eff >= 0.9,
             "no simulated point at 100 tasks" if eff is None else f"{eff:.3f}",
         )
     )
@@ -210,7 +215,6 @@ def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         _goal(
             "fidelity",
             worst,
-            None if worst is None else worst <= 10.0,
             "no live run replayed" if worst is None else f"worst {worst:.1f} % ({detail})",
         )
     )
