@@ -944,9 +944,16 @@ def is_loopback(host: str) -> bool:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``; a port in use → :class:`CoscaleError`."""
+    """A listening TCP socket on ``host:port``; a port in use → :class:`CoscaleError`.
+
+    The protocol is named (``IPPROTO_TCP``, not the default 0): asyncio's transports turn
+    Nagle's algorithm off (``TCP_NODELAY``) only on sockets whose ``proto`` says TCP, and
+    accepted connections inherit the listener's. Without it, under the standard asyncio
+    loop (uvloop sets the option regardless), every response waited for the client's
+    delayed ACK: 44 ms for ``/healthz`` instead of 0.5 ms, measured here.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
