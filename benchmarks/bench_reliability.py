@@ -65,6 +65,7 @@ the hardware; the pass/fail criteria are ratios measured within one run.
 Usage::
 
     python benchmarks/bench_reliability.py chaos --duration 120 --period 10
+    python benchmarks/bench_reliability.py chaos --duration 120 --period 10 --no-standby
     python benchmarks/bench_reliability.py overload --duration 60
     python benchmarks/bench_reliability.py noisy --duration 60
     python benchmarks/bench_reliability.py soak --duration 1200
@@ -168,10 +169,16 @@ def free_port() -> int:
 
 
 def scenario_dict(
-    source: str, *, replicas: int, tenants: Sequence[dict[str, Any]] = (), name: str = ""
+    source: str,
+    *,
+    replicas: int,
+    tenants: Sequence[dict[str, Any]] = (),
+    name: str = "",
+    admission: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A one-model scenario on this machine: ``replicas`` replicas of the model's pinned
-    variant kept by the ``static`` allocation policy (optimized-b otherwise)."""
+    variant kept by the ``static`` allocation policy (optimized-b otherwise);
+    ``admission``: deadline admission's parameters instead of the preset's defaults."""
     m = MODELS[source]
     out: dict[str, Any] = {
         "name": name or f"reliability-{m['name']}",
@@ -195,6 +202,8 @@ def scenario_dict(
     }
     if tenants:
         out["tenants"] = list(tenants)
+    if admission is not None:
+        out["policies"]["admission"] = {"name": "deadline", "params": dict(admission)}
     return out
 
 
@@ -236,10 +245,12 @@ class Server:
         profile: Path,
         tenants: Sequence[dict[str, Any]] = (),
         env: dict[str, str] | None = None,
+        admission: dict[str, Any] | None = None,
     ) -> Server:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "scenario.yaml"
-        path.write_text(yaml.safe_dump(scenario_dict(source, replicas=replicas, tenants=tenants)))
+        scenario = scenario_dict(source, replicas=replicas, tenants=tenants, admission=admission)
+        path.write_text(yaml.safe_dump(scenario))
         port = free_port()
         command = [sys.executable, "-m", "coscale.cli", "serve", str(path), "--port", str(port)]
         proc = subprocess.Popen(
@@ -725,9 +736,10 @@ async def run_overload(
     capacity_s: float = 5.0,
     concurrency: int = 4,
     seed: int = 0,
+    admission: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Experiment 2 (module docstring)."""
-    server = Server.start("minilm", folder, replicas=1, profile=profile)
+    """Experiment 2 (module docstring); ``admission``: deadline admission's parameters."""
+    server = Server.start("minilm", folder, replicas=1, profile=profile, admission=admission)
     try:
         await asyncio.to_thread(server.wait_ready)
         cap = await measure_capacity(server, concurrency=concurrency, duration_s=capacity_s)
@@ -747,6 +759,7 @@ async def run_overload(
         stop = await asyncio.to_thread(server.terminate)
     return {
         "experiment": "overload",
+        "admission": admission or {},
         "server_stats": seen,
         "load_average": load_average(),
         "capacity": cap,
@@ -819,6 +832,7 @@ async def run_noisy(
     baseline_s: float | None = None,
     rate_limit: float | None = RATE_LIMIT_HEADROOM,
     seed: int = 0,
+    admission: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Experiment 3 (module docstring). ``rate_limit``: each tenant's ``rate_limit_rps``
     as a multiple of its share (capacity measured first on an anonymous server of the
@@ -841,7 +855,10 @@ async def run_noisy(
         limit = cap["capacity_rps"] * 0.5 * rate_limit
         for t in tenants:
             t.update(rate_limit_rps=round(limit, 3), rate_burst=max(1.0, round(limit, 3)))
-    server = Server.start("minilm", folder, replicas=1, profile=profile, tenants=tenants, env=keys)
+    server = Server.start(
+        "minilm", folder, replicas=1, profile=profile, tenants=tenants, env=keys,
+        admission=admission,
+    )  # fmt: skip
     try:
         await asyncio.to_thread(server.wait_ready)
         await _check_keys(server, key_b)
@@ -874,6 +891,7 @@ async def run_noisy(
         stop = await asyncio.to_thread(server.terminate)
     return {
         "experiment": "noisy-neighbour",
+        "admission": admission or {},
         "server_stats": seen,
         "load_average": load_average(),
         "capacity": cap,
@@ -1016,9 +1034,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=None, help="chaos: seconds between kills")
     parser.add_argument("--rate", type=float, default=None, help="req/s instead of capacity x")
     parser.add_argument("--no-rate-limit", action="store_true", help="noisy: no tenant limits")
+    parser.add_argument(
+        "--admission-window",
+        type=int,
+        default=None,
+        help="overload/noisy: deadline admission's margin window (0: no learned margin)",
+    )
+    parser.add_argument(
+        "--admission-max-margin",
+        type=float,
+        default=None,
+        help="overload/noisy: deadline admission's max_margin_ratio (share of the SLO)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--folder", type=Path, default=None, help="server logs (default: tmp)")
+    parser.add_argument(
+        "--no-standby", action="store_true", help="servers without the warm standby worker"
+    )
     args = parser.parse_args(argv)
+    if args.no_standby:  # read by the servers' LocalBackend (coscale.backends.local)
+        os.environ["COSCALE_LOCAL_STANDBY"] = "0"
     import tempfile
 
     base = args.folder or Path(tempfile.mkdtemp(prefix="coscale-reliability-"))
@@ -1027,6 +1062,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     long = {"chaos": 120.0, "overload": 60.0, "noisy": 60.0, "soak": 1200.0}
     short = {"chaos": 40.0, "overload": 20.0, "noisy": 20.0, "soak": 60.0}
+    admission: dict[str, Any] = {}
+    if args.admission_window is not None:
+        admission["window"] = args.admission_window
+    if args.admission_max_margin is not None:
+        admission["max_margin_ratio"] = args.admission_max_margin
     results: dict[str, Any] = {}
     failed = False
     for name in wanted:
@@ -1045,7 +1085,13 @@ def main(argv: list[str] | None = None) -> int:
             problems = chaos_passed(r, min_kills=max(1, int((duration - 6) // period)))
         elif name == "overload":
             r = asyncio.run(
-                run_overload(folder, profile=profile, duration_s=duration, rate=args.rate)
+                run_overload(
+                    folder,
+                    profile=profile,
+                    duration_s=duration,
+                    rate=args.rate,
+                    admission=admission or None,
+                )
             )
             problems = overload_passed(r)
         elif name == "noisy":
@@ -1055,6 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
                     profile=profile,
                     duration_s=duration,
                     rate_limit=None if args.no_rate_limit else RATE_LIMIT_HEADROOM,
+                    admission=admission or None,
                 )
             )
             problems = noisy_passed(r)
@@ -1062,6 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
             r = asyncio.run(run_soak(folder, profile=profile, duration_s=duration, rate=args.rate))
             problems = soak_passed(r, SOAK_SHORT_GROWTH if args.quick else SOAK_GROWTH)
         r["wall_s"] = time.perf_counter() - started
+        r["standby"] = os.environ.get("COSCALE_LOCAL_STANDBY", "1") != "0"
         r["passed"] = not problems
         r["problems"] = problems
         results[name] = r

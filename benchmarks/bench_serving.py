@@ -21,7 +21,12 @@ Part A, "near the hardware's limit" (goal: ≥ 0.9), per model:
    trial lasts ``trial_s`` seconds, 1 s apart; rates above 1.5 × the offline figure
    are not tried.
 5. The figure: items/s completed at the best rate (measured at the client) ÷ the
-   offline items/s. Requests carry ``--items`` items (several values may be given);
+   offline items/s. Each trial also records the CPU time (user + system, psutil) per
+   completed request of the load generator (this process), of the server process
+   and of its worker processes: on cores shared by all three, the workers' share of
+   the CPU spent bounds the fraction reachable (a 64-item digits request costs its
+   worker about as much CPU as the client and the server together spend on its HTTP).
+   Requests carry ``--items`` items (several values may be given);
    JSON over HTTP costs the same per item whatever the model, so the ratio depends on
    how much compute an item carries (a digits image: a few µs; a MiniLM sentence: ms).
 
@@ -74,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from coscale.load import LoadConfig, LoadResult, run_load, search_max_load, served_quantile_ms
@@ -227,6 +233,38 @@ class CoscaleServer:
 # ------------------------------------------------------------------------------ search
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of process ``pid`` and of its live descendants."""
+    proc = psutil.Process(pid)
+    own = proc.cpu_times()
+    children = 0.0
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            children += times.user + times.system
+    return own.user + own.system, children
+
+
+def client_cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def cpu_per_request_ms(
+    before: tuple[float, float, float], after: tuple[float, float, float], completed: int
+) -> dict[str, float]:
+    """CPU ms per completed request of the client, the server and its workers."""
+    n = max(1, completed)
+    client, server, workers = (1000.0 * (b - a) / n for a, b in zip(before, after, strict=True))
+    total = client + server + workers
+    return {
+        "client_cpu_ms": round(client, 3),
+        "server_cpu_ms": round(server, 3),
+        "workers_cpu_ms": round(workers, 3),
+        "workers_share": round(workers / total, 3) if total > 0 else 0.0,
+    }
+
+
 def passes_slo(result: LoadResult, slo_ms: float) -> bool:
     """≥ 99 % of the requests answered 200 within the SLO, none lost."""
     return result.summary.lost == 0 and served_quantile_ms(result.records, 0.99) <= slo_ms
@@ -235,6 +273,7 @@ def passes_slo(result: LoadResult, slo_ms: float) -> bool:
 def trial_row(rate: float, ok: bool, result: LoadResult) -> dict[str, Any]:
     s = result.summary
     return {
+        **result.summary.extra.get("cpu", {}),
         "rate_rps": round(rate, 2),
         "passes": ok,
         "requests": s.requests,
@@ -255,6 +294,7 @@ async def find_limit(
     url: str,
     model: str,
     *,
+    server_pid: int | None = None,
     items: int,
     slo_ms: float,
     offline_items_s: float,
@@ -279,8 +319,11 @@ async def find_limit(
             timeout_s=max(5.0, 20 * slo_ms / 1000.0),
             binary=binary,
         )
+        before = _cpu_now(server_pid)
         result = await run_load(config)
         s = result.summary
+        if server_pid is not None:
+            s.extra["cpu"] = cpu_per_request_ms(before, _cpu_now(server_pid), s.completed)
         log(
             f"    {rate:9.1f} req/s × {items}: served p99 "
             f"{s.extra['served_p99_ms']:.1f} ms (SLO {slo_ms:g}), "
@@ -300,6 +343,7 @@ async def find_limit(
     best: LoadResult | None = found.best_result
     served = best.summary.extra["items_throughput"] if best is not None else 0.0
     return {
+        "cpu_at_best": best.summary.extra.get("cpu", {}) if best is not None else {},
         "items_per_request": items,
         "body": "npy" if binary else "json",
         "best_rate_rps": found.best,
@@ -307,6 +351,13 @@ async def find_limit(
         "fraction_of_offline": served / offline_items_s if offline_items_s > 0 else 0.0,
         "trials": [trial_row(x, ok, r) for x, ok, r in found.trials],
     }
+
+
+def _cpu_now(server_pid: int | None) -> tuple[float, float, float]:
+    if server_pid is None:
+        return (0.0, 0.0, 0.0)
+    server, workers = cpu_seconds(server_pid)
+    return (client_cpu_seconds(), server, workers)
 
 
 # ------------------------------------------------------------------------------ part A
@@ -377,6 +428,7 @@ def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str
                     find_limit(
                         server.url,
                         spec["name"],
+                        server_pid=server.proc.pid if server.proc is not None else None,
                         items=items,
                         slo_ms=spec["slo_ms"],
                         offline_items_s=offline,
@@ -572,6 +624,13 @@ def print_report(results: dict[str, Any]) -> None:
                 f"{row['served_items_per_s']:,.0f} items/s = "
                 f"{row['fraction_of_offline']:.3f} of offline (goal ≥ 0.9)"
             )
+            cpu = row.get("cpu_at_best") or {}
+            if cpu:
+                print(
+                    f"      CPU per request at that rate: client {cpu['client_cpu_ms']:.2f} ms, "
+                    f"server {cpu['server_cpu_ms']:.2f} ms, workers {cpu['workers_cpu_ms']:.2f} "
+                    f"ms (the workers' share: {cpu['workers_share']:.0%})"
+                )
     thin = results.get("thin")
     if thin:
         print(f"\nB. thin: digits-cnn {thin['variant']}, added = e2e − service in the server")

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+#: Most overruns an executor holds for the next admission snapshot (the newest are kept).
+MAX_OVERRUNS = 256
+
 
 class ReplicaState(StrEnum):
     """Life cycle of a replica: STARTING → READY → DRAINING → STOPPED."""
@@ -116,6 +119,14 @@ class ModelView:
 
     ``arrival_rate``: requests/s observed over the last control interval.
     ``queue_length``: requests waiting in the model's admission queue.
+    ``tenant_queues``: ``(tenant, requests waiting, fair-queue weight)`` per tenant, sorted
+    by tenant, when the queue is weighted-fair between tenants (every tenant with a weight
+    or a waiting request); empty when it is FIFO. Requests put back after a failure are
+    in ``queue_length`` but no tenant's count (they go first).
+    ``overruns``: for admitted requests of this model completed since the previous
+    admission decision, ``(tenant, finish − promised_by)`` in seconds (see
+    :class:`AdmissionDecision`), oldest first; executors keep the newest
+    :data:`MAX_OVERRUNS` at most. Empty outside admission snapshots.
     """
 
     name: str
@@ -124,6 +135,8 @@ class ModelView:
     slo_s: float = 1.0
     accuracy_floor: float = 0.0
     p99_latency_s: float = 0.0
+    tenant_queues: tuple[tuple[str, int, float], ...] = ()
+    overruns: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +197,18 @@ class RouteDecision:
 
 @dataclass(frozen=True, slots=True)
 class AdmissionDecision:
-    """Admit the request, or reject it with a reason and a retry hint."""
+    """Admit the request, or reject it with a reason and a retry hint.
+
+    ``promised_by``: for an admitted request, the completion time (absolute) the policy
+    aimed at, when it predicted one (None otherwise). Executors report each such
+    request's ``finish − promised_by`` back in :attr:`ModelView.overruns` when it
+    completes, so the policy can learn from its own errors.
+    """
 
     admit: bool
     reason: str = ""
     retry_after_s: float = 0.0
+    promised_by: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

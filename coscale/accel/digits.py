@@ -6,7 +6,8 @@ Data
     stratified split with :data:`SPLIT_SEED`: :data:`TEST_SIZE` (360) test images
     (accuracy, profiling batches), :data:`CALIBRATION_SIZE` (180) held-out calibration
     images (static int8 calibration, pruning fine-tune validation), the rest (1 257) for
-    training. The split does not depend on the training seed.
+    training. The split does not depend on the training seed. It is cached as an
+    ``.npz`` (:func:`digits_splits`), so a worker's warm-up does not import scikit-learn.
 
 Model (:class:`DigitsCNN`, channels ``(c1, c2, c3)`` = :data:`CHANNELS` (32, 64, 128))
     input ``(n, 64)`` raw pixels → reshape ``(n, 1, 8, 8)`` → ``x / 16`` →
@@ -163,8 +164,49 @@ class DigitsSplits:
     test_y: np.ndarray
 
 
+_SPLIT_FIELDS = ("train_x", "train_y", "calib_x", "calib_y", "test_x", "test_y")
+
+
 @lru_cache(maxsize=1)
 def digits_splits() -> DigitsSplits:
+    """The split (module docstring, "Data"), from the cache file when it is valid, else
+    computed with scikit-learn and cached.
+
+    The cache (``cache_dir("data", "digits-cnn")/splits-…npz`` plus a ``.sha256`` side
+    file; the name holds :data:`SPLIT_SEED`, the split sizes and scikit-learn's version)
+    spares a worker the import of scikit-learn (~1 s of CPU) at every start: the split
+    is the worker's warm-up input. A missing, corrupt or unreadable cache is rebuilt.
+    """
+    path = _splits_cache_path()
+    side = path.with_name(path.name + ".sha256")
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        if path.exists() and side.exists() and side.read_text().strip() == sha256_file(path):
+            with np.load(path, allow_pickle=False) as data:
+                arrays = [np.ascontiguousarray(data[name]) for name in _SPLIT_FIELDS]
+            for array in arrays:
+                array.setflags(write=False)
+            return DigitsSplits(*arrays)
+    splits = _compute_splits()
+    with contextlib.suppress(OSError):
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: getattr(splits, name) for name in _SPLIT_FIELDS})
+        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(side, sha256_file(path).encode())
+    return splits
+
+
+def _splits_cache_path() -> Path:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sklearn = version("scikit-learn")
+    except PackageNotFoundError:
+        sklearn = "none"
+    name = f"splits-seed{SPLIT_SEED}-test{TEST_SIZE}-calib{CALIBRATION_SIZE}-sk{sklearn}.npz"
+    return cache_dir("data", FAMILY_NAME) / name
+
+
+def _compute_splits() -> DigitsSplits:
     """Load scikit-learn's digits and split them (stratified, :data:`SPLIT_SEED`)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

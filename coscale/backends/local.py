@@ -37,6 +37,36 @@ Failure detection.
   batch's exception — :class:`~coscale.errors.CoscaleError` subclasses as themselves,
   others as :class:`~coscale.runtime.worker.WorkerError` — and the worker lives on.
 
+Warm standby (``LocalSettings.standby``; on unless the environment variable
+:data:`STANDBY_ENV`, ``COSCALE_LOCAL_STANDBY``, is ``0``). A cold start spends about 2 s
+importing torch, ONNX Runtime and scikit-learn in the fresh interpreter before it even
+reads the model — on a loaded machine, at the workers' low priority, several seconds —
+which is most of the time a killed replica waits for its replacement. So the backend
+keeps, per thread count ``t``, at most one *standby*: a worker process spawned with its
+thread variables set to ``t`` and the flag ``--standby``, sent ``("prepare", source,
+nice)`` (see :mod:`coscale.runtime.worker`: it lowers its priority, imports the family
+of ``source`` and primes its data, then waits). The algorithm:
+
+1. ``start_replica(spec)`` takes the standby of ``spec.threads`` if there is one whose
+   process is alive, and sends it ``(spec, options)`` instead of spawning a process; it
+   builds the variant (reusing the imported family when ``spec.source`` matches — the
+   standby was prepared for the last source started with that thread count) and
+   reports READY with ``info["standby"] = True``. No standby (the first start of a
+   shape, or two starts at once), or one that died or refuses the message: a cold
+   spawn, exactly as without standbys.
+2. After a start *succeeds* (not when it failed, nor when its caller gave up), a new
+   standby for ``spec.threads`` prepared for ``spec.source`` is spawned on a thread of
+   its own, unless the shape already has one — so the standby's imports never compete
+   with the replica start they would speed up, and run at the workers' lower priority.
+3. :meth:`LocalBackend.shutdown` and :meth:`LocalBackend.close_now` (also at interpreter
+   exit) kill and reap the standbys; a standby whose parent dies exits on end-of-file
+   of its data channel, like every worker. A stopped backend spawns no new standby until
+   its next ``start_replica``.
+
+Cost: one idle interpreter per thread count in use (~250 MiB resident with torch,
+constant). Measured gain: docs/benchmarks.md, "Reliability under load, faults and
+overload" (chaos).
+
 Clean-up. Every shared-memory segment of a replica is named
 ``cs-{parent pid}-{token}-{i|o}{generation}`` and unlinked by the parent when the
 replica stops, is killed or crashes (the worker never unlinks); workers exit by
@@ -99,6 +129,8 @@ DEFAULT_START_TIMEOUT_S = 600.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 #: After SIGTERM/SIGKILL, how long to wait for the process to be reaped.
 KILL_GRACE_S = 5.0
+#: ``0`` turns the warm standby off for backends built without ``standby=`` (A/B runs).
+STANDBY_ENV = "COSCALE_LOCAL_STANDBY"
 
 _tokens = itertools.count()
 
@@ -137,6 +169,30 @@ class LocalSettings:
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     worker_env: tuple[tuple[str, str], ...] = ()
     nice: int = WORKER_NICE
+    standby: bool = True
+
+
+@dataclass
+class Standby:
+    """A pre-spawned worker waiting for its assignment (module docstring)."""
+
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    control: Connection
+    threads: int
+    source: str
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def discard(self) -> None:
+        """Kill it, reap it, close its channels."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+        _join(self.process, KILL_GRACE_S)
+        for channel in (self.conn, self.control):
+            with contextlib.suppress(OSError):
+                channel.close()
 
 
 # ---------------------------------------------------------------------- gate
@@ -279,16 +335,21 @@ class LocalReplica:
     # -- start -------------------------------------------------------------
 
     @classmethod
-    def launch(cls, spec: ReplicaSpec, settings: LocalSettings) -> LocalReplica:
-        """Start the worker and block until it is READY (or raise ReplicaStartError)."""
+    def launch(
+        cls, spec: ReplicaSpec, settings: LocalSettings, standby: Standby | None = None
+    ) -> LocalReplica:
+        """Start the worker — ``standby``'s process if given and it takes the assignment,
+        else a fresh one — and block until it is READY (or raise ReplicaStartError)."""
         prefix = shm.segment_prefix(f"r{next(_tokens)}")
         options = WorkerOptions(
             prefix, os.getpid(), settings.max_batch, settings.worker_env, settings.nice
         )
         started = time.perf_counter()
-        process, conn, control = _spawn(spec, settings)
+        spawned = _assign(standby, spec, options)
+        process, conn, control = spawned or _spawn(spec.id, spec.threads, settings)
         try:
-            conn.send((spec, options))
+            if spawned is None:
+                conn.send((spec, options))
             info = _await_ready(spec, process, conn, settings.start_timeout_s)
         except BaseException:
             _reap(process)
@@ -547,18 +608,39 @@ def _next_generations(prefix: str, names: set[str]) -> list[str]:
     return [shm.segment_name(prefix, OUTPUT_ROLE, g) for g in range(top + 1)]
 
 
+def _assign(
+    standby: Standby | None, spec: ReplicaSpec, options: WorkerOptions
+) -> tuple[subprocess.Popen[bytes], Connection, Connection] | None:
+    """Hand ``spec`` to ``standby``; its process and channels, or None (then discarded)
+    when there is none or it is dead or refuses the message."""
+    if standby is None:
+        return None
+    if standby.alive():
+        try:
+            standby.conn.send((spec, options))
+        except OSError:
+            pass
+        else:
+            return standby.process, standby.conn, standby.control
+    standby.discard()
+    return None
+
+
 def _spawn(
-    spec: ReplicaSpec, settings: LocalSettings
+    label: str, threads: int, settings: LocalSettings, *, standby: bool = False
 ) -> tuple[subprocess.Popen[bytes], Connection, Connection]:
     """Start ``python -m coscale.runtime.worker`` with its ends of two socket pairs (data,
-    control) and the resource tracker's fd, its thread variables set to ``spec.threads``."""
+    control) and the resource tracker's fd, its thread variables set to ``threads``
+    (``standby``: with ``--standby``; ``label`` names it in errors)."""
     data, data_child = socket.socketpair()
     control, control_child = socket.socketpair()
     env = {**os.environ, **dict(settings.worker_env)}
-    env.update({name: str(max(1, spec.threads)) for name in THREAD_ENV_VARS})
+    env.update({name: str(max(1, threads)) for name in THREAD_ENV_VARS})
     fds = [data_child.fileno(), control_child.fileno()]
     command = [sys.executable, "-m", "coscale.runtime.worker", "--fd", str(fds[0])]
     command += ["--control-fd", str(fds[1])]
+    if standby:
+        command.append("--standby")
     tracker_fd = resource_tracker.getfd()
     if tracker_fd is not None:
         fds.append(tracker_fd)
@@ -570,7 +652,7 @@ def _spawn(
     except OSError as exc:
         data.close()
         control.close()
-        raise ReplicaStartError(f"replica {spec.id}: cannot start a worker process: {exc}") from exc
+        raise ReplicaStartError(f"replica {label}: cannot start a worker process: {exc}") from exc
     finally:
         data_child.close()
         control_child.close()
@@ -655,7 +737,9 @@ class LocalBackend:
     running longer is a hung worker (killed, ReplicaDied). ``worker_env``: extra
     environment for the workers (e.g. the fault-injection variable of
     :mod:`coscale.runtime.worker`). ``nice``: how much lower than the server's the
-    workers' CPU priority is (default :data:`WORKER_NICE`).
+    workers' CPU priority is (default :data:`WORKER_NICE`). ``standby``: keep a warm
+    standby worker per thread count (module docstring); None: on unless
+    :data:`STANDBY_ENV` is ``0``.
     """
 
     name = "local"
@@ -669,7 +753,10 @@ class LocalBackend:
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         worker_env: Mapping[str, str] | None = None,
         nice: int = WORKER_NICE,
+        standby: bool | None = None,
     ) -> None:
+        if standby is None:
+            standby = os.environ.get(STANDBY_ENV, "1").strip() != "0"
         self.settings = LocalSettings(
             max_batch=max(1, max_batch),
             batch_timeout_s=batch_timeout_s,
@@ -677,8 +764,12 @@ class LocalBackend:
             stop_timeout_s=stop_timeout_s,
             worker_env=tuple(sorted((worker_env or {}).items())),
             nice=max(0, nice),
+            standby=standby,
         )
         self._replicas: dict[str, LocalReplica] = {}
+        self._standbys: dict[int, Standby] = {}
+        self._standby_lock = threading.Lock()
+        self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
 
     def replicas(self) -> list[LocalReplica]:
@@ -696,10 +787,13 @@ class LocalBackend:
             raise ReplicaStartError(
                 f"replica id {spec.id!r} is already running (pid {current.pid})."
             )
+        with self._standby_lock:
+            self._closed = False
+            standby = self._standbys.pop(spec.threads, None)
         launching: Future[LocalReplica] = Future()
         threading.Thread(
             target=_launch_into,
-            args=(launching, spec, self.settings),
+            args=(launching, spec, self.settings, standby),
             name=f"coscale-start-{spec.id}",
             daemon=True,
         ).start()
@@ -709,7 +803,48 @@ class LocalBackend:
             launching.add_done_callback(_discard_started)
             raise
         self._replicas[spec.id] = replica
+        if self.settings.standby:
+            threading.Thread(
+                target=self._refill,
+                args=(spec.threads, spec.source),
+                name=f"coscale-standby-{spec.threads}",
+                daemon=True,
+            ).start()
         return replica
+
+    def standbys(self) -> list[Standby]:
+        """The standby workers kept now (module docstring, "Warm standby")."""
+        with self._standby_lock:
+            return list(self._standbys.values())
+
+    def _refill(self, threads: int, source: str) -> None:
+        """Spawn a standby for ``threads`` prepared for ``source`` unless there is one
+        (or the backend was stopped); any failure just leaves the shape without one."""
+        with self._standby_lock:
+            if self._closed or threads in self._standbys:
+                return
+        try:  # outside the lock: start_replica (on the event loop) never waits for a spawn
+            process, conn, control = _spawn(
+                f"standby-{threads}", threads, self.settings, standby=True
+            )
+        except ReplicaStartError:
+            return
+        standby = Standby(process, conn, control, threads, source)
+        with contextlib.suppress(OSError):
+            conn.send(("prepare", source, self.settings.nice))
+        with self._standby_lock:
+            if not self._closed and threads not in self._standbys:
+                self._standbys[threads] = standby
+                return
+        standby.discard()  # stopped, or another refill won meanwhile
+
+    def _drop_standbys(self) -> None:
+        """Kill and reap every standby; spawn none until the next start."""
+        with self._standby_lock:
+            self._closed = True
+            standbys, self._standbys = list(self._standbys.values()), {}
+        for standby in standbys:
+            standby.discard()
 
     async def stop_replica(self, replica_id: str, *, drain: bool = True) -> None:
         replica = self._replicas.pop(replica_id, None)
@@ -718,23 +853,28 @@ class LocalBackend:
 
     async def shutdown(self) -> None:
         """Stop every replica (draining), concurrently."""
+        await asyncio.to_thread(self._drop_standbys)
         replicas, self._replicas = list(self._replicas.values()), {}
         await asyncio.gather(*(r.stop(drain=True) for r in replicas))
 
     def close_now(self) -> None:
-        """Kill every replica and unlink its segments, synchronously."""
+        """Kill every replica and standby and unlink the segments, synchronously."""
+        self._drop_standbys()
         replicas, self._replicas = list(self._replicas.values()), {}
         for replica in replicas:
             replica.close_now()
 
 
 def _launch_into(
-    launching: Future[LocalReplica], spec: ReplicaSpec, settings: LocalSettings
+    launching: Future[LocalReplica],
+    spec: ReplicaSpec,
+    settings: LocalSettings,
+    standby: Standby | None = None,
 ) -> None:
     """:meth:`LocalReplica.launch` on a thread of its own (not the event loop's executor,
     which a closing loop waits for), its outcome into ``launching``."""
     try:
-        replica = LocalReplica.launch(spec, settings)
+        replica = LocalReplica.launch(spec, settings, standby)
     except BaseException as exc:
         launching.set_exception(exc)
     else:

@@ -6,7 +6,8 @@ Everything here is a function of the saved results object (``results.json``), so
 Tables
 ------
 * **Table 2** (:func:`table2`), one row per live preset, in the paper's columns:
-  processing time T (the cycle's makespan, s), cost C (replica-seconds × the catalog's
+  processing time T (the cycle's makespan, s: the time to process its work, see
+  :mod:`coscale.bench.live`), cost C (replica-seconds × the catalog's
   $/h of this machine's node type / 3600), reliability R (share of the cycle's requests
   answered correctly within the SLO), then
 
@@ -516,8 +517,12 @@ def _live_section(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
         f"{_fmt(live.get('price_usd_per_hour'), '.4f')} US$/h. "
         f"{html.escape(str(live.get('load_note', '')))} Served by <code>coscale serve</code>, "
         "driven by <code>coscale load</code>'s generator; one worker process killed "
-        "(SIGKILL) at the same point of every run. Processing time = makespan (first "
-        "arrival to last answer); cost = replica-seconds × the node type's price; "
+        "(SIGKILL) at the same point of every run. Processing time = the time to process "
+        "the cycle's work: makespan, first arrival to last answer (a preset that keeps up "
+        "ends with the replay, one that falls behind when its queue has drained: the "
+        "client asks the server to keep each request as long as it waits, timeout_ms; "
+        "refused or failed requests end early and count against reliability); cost = "
+        "replica-seconds × the node type's price; "
         "reliability = share of all requests answered correctly (HTTP 200, one well-formed "
         "output per item) within the SLO; SLO attainment = share of the answered requests "
         "within the SLO; energy per inference = the server's energy (catalog power model) "
@@ -603,6 +608,27 @@ def _scal_section(scal: Mapping[str, Any]) -> str:
     return "<h2>Scalability (Figure 3)</h2>" + "".join(parts)
 
 
+def _calibration_text(how: Mapping[str, Any] | None) -> str:
+    """What the replay took from the live run (coscale.bench.sim.replay_live)."""
+    if not how:
+        return "—"
+    parts = []
+    if how.get("calibrated"):
+        parts.append(
+            f"service × {_fmt(how.get('service_scale'), '.2f')} "
+            f"({_fmt(how.get('mean_service_ms'), '.0f')} ms per batch of "
+            f"{_fmt(how.get('mean_batch_items'), '.1f')} live, "
+            f"{_fmt(how.get('profile_service_ms'), '.0f')} ms profiled)"
+        )
+    else:
+        parts.append("profile as measured")
+    if how.get("replacement_startup_s") is not None:
+        parts.append(f"replacement start-up {_fmt(how['replacement_startup_s'], '.1f')} s")
+    if how.get("connections") is not None:
+        parts.append(f"{how['connections']} client connections")
+    return "; ".join(parts)
+
+
 def _fidelity_section(fid: Mapping[str, Any]) -> str:
     rows = fidelity_rows(fid.get("pairs", []))
     if not rows:
@@ -616,6 +642,7 @@ def _fidelity_section(fid: Mapping[str, Any]) -> str:
             "p99 error",
             "throughput live / sim (req/s)",
             "throughput error",
+            "simulator calibrated on the run",
         ],
         [
             [
@@ -627,6 +654,7 @@ def _fidelity_section(fid: Mapping[str, Any]) -> str:
                 f"{_fmt(r['live']['throughput_rps'], '.2f')} / "
                 f"{_fmt(r['sim']['throughput_rps'], '.2f')}",
                 _pct(r["error_pct"]["throughput_rps"]),
+                _calibration_text(r.get("calibration")),
             ]
             for r in rows
         ],

@@ -12,12 +12,17 @@ Defaults and why
   ``[segment_start_s, segment_start_s + segment_s)`` (the full bench: 2,230–2,400 s,
   528 requests in three bursts around a quiet minute; quick: 1,860–1,890 s, 93 requests
   in one burst), MiniLM with each request's length from the trace's
-  ``ContextTokens`` (clamped to the model's 256). The replay speed-up is chosen so that
-  the segment's peak rate is ``load_factor`` (0.5) × the capacity of the replica budget
+  ``ContextTokens`` (clamped to the model's 256). The load rule: the replay speed-up is
+  chosen so that the segment's peak rate is ``load_factor`` (0.8) × what the replica
+  budget less one replica can carry — the capacity of ``scal_preset`` (optimized-b)
   measured live on the segment (:func:`coscale.bench.live.calibrate`; without
   ``calibrate``, the profile's fastest variant meeting the accuracy floor on the share of
-  the CPUs free at the start), bounded so the cycle lasts between ``min_cycle_s`` and
-  ``max_cycle_s`` wall seconds.
+  the CPUs free at the start) × (replicas − 1) / replicas. A cycle shorter than
+  ``min_cycle_s`` wall seconds is slowed down to it; one longer than ``max_cycle_s``
+  replays only the segment's first ``max_cycle_s × speedup`` trace seconds at the rule's
+  speed-up (:func:`coscale.bench.live.plan_cycle`). The survivors of the kill can
+  then carry the load; a preset with less capacity falls behind and its processing time
+  (the makespan) grows.
 * One worker is killed (SIGKILL) at ``kill_at`` (0.4) of the way from the cycle's first
   arrival to its last, in every run.
 * Cluster: :data:`CLUSTER_POOLS` (1,000 nodes at the start, 1,710 at most, ten AWS/GCP
@@ -81,7 +86,12 @@ class BenchSettings(BaseModel):
     trace: str = Field(default="azure-code", description="Trace of the live cycle.")
     segment_start_s: float = Field(default=2230.0, ge=0, description="Segment start (trace s).")
     segment_s: float = Field(default=170.0, gt=0, description="Segment length (trace s).")
-    load_factor: float = Field(default=0.5, gt=0, le=5, description="Peak offered rate / capacity.")
+    load_factor: float = Field(
+        default=0.8, gt=0, le=5, description="Peak offered rate / the kill survivors' capacity."
+    )
+    peak_bin_s: float = Field(
+        default=30.0, gt=0, description="Trace seconds per bin of the load rule's peak rate."
+    )
     min_cycle_s: float = Field(default=5.0, gt=0, description="Shortest live cycle (wall s).")
     max_cycle_s: float = Field(default=180.0, gt=0, description="Longest live cycle (wall s).")
     calibrate: bool = Field(default=True, description="Measure the capacity live first.")

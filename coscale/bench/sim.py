@@ -30,8 +30,22 @@ Each live run again in the simulator: a one-pool scenario of this machine's node
 with the live replica budget (``count = max_count = replicas``), the same model, SLO and
 accuracy floor, the same trace segment and speed-up, the same preset, seed and profile
 file; the worker kill is replayed as a failure of the first initial replica at the same
-second (:class:`ScheduledKill`), and no other fault. The live figures are the client's
-(p50, p99 over answered requests; throughput = answered / makespan).
+second (:class:`ScheduledKill`), and no other fault. As the live server:
+
+* a preset with no initial replica starts with its allocation's first plan READY at 0 s
+  (:func:`first_plan`: ``ServingSystem.start`` decides at once and waits for them);
+* the simulator times out a request queued 10 × its SLO and replaces a dead replica at
+  once (:mod:`coscale.sim.cluster`).
+
+Calibration, per run, on what that run observed: its replacement's start-up after the
+kill (:func:`replacement_startup_s`, from the run's READY series) replaces the node
+type's; and when the run saved ``server_telemetry`` (:func:`server_telemetry`, two
+``/metrics`` scrapes around the cycle) and the client's ``mean_ms``, every latency table
+is scaled by ``k`` = live mean service per batch / the table's at the live mean batch
+size, and requests reach the simulated server ``c`` = client mean − server mean latency
+later (:func:`_calibration`). Both sides are then measured alike
+(:func:`twin_figures`): p50, p99 over completed requests from the client's send;
+throughput = completed / (last answer − first send).
 """
 
 from __future__ import annotations
@@ -48,11 +62,17 @@ from coscale.config import Scenario, scenario_from_dict
 __all__ = [
     "CLOSED_LOOP_CAP_RPS",
     "ScheduledKill",
+    "client_connections",
     "cluster_scenario",
+    "first_plan",
+    "live_twin_scenario",
+    "replacement_startup_s",
     "replay_live",
     "run_cluster",
     "run_scal_sim",
+    "server_telemetry",
     "thin_series",
+    "twin_figures",
 ]
 
 #: Seconds in a day of the trace.
@@ -132,6 +152,8 @@ def _sim_row(summary: Any) -> dict[str, Any]:
         "throughput_rps": s.throughput_rps,
         "reliability": s.reliability,
         "rejected": s.rejected,
+        "failed": s.failed,
+        "timed_out": int(x.get("timed_out", 0)),
         "lost": s.lost,
         "preemptions": int(x.get("preemptions", 0)),
         "failures": int(x.get("failures", 0)),
@@ -219,6 +241,129 @@ def run_scal_sim(
 
 # ------------------------------------------------------------------------------ fidelity
 
+#: Prometheus families read from the server's ``/metrics`` for the calibration.
+_TELEMETRY_FAMILIES = {
+    "batch_service_s": "coscale_batch_service_seconds",
+    "batch_items": "coscale_batch_items",
+    "server_latency_s": "coscale_request_latency_seconds",
+}
+
+
+def server_telemetry(before: str, after: str, model: str) -> dict[str, float]:
+    """What a live run's server observed over the cycle, from two ``GET /metrics``
+    expositions (before and after it): ``batches`` run, their summed ``batch_items`` and
+    ``batch_service_s``, and the ``completed`` requests' summed server-side latency
+    ``server_latency_s`` (arrival at the server to answer). Deltas of the histograms'
+    ``_sum``/``_count`` for ``model``; a family absent from either text counts 0."""
+    from coscale.telemetry.prometheus import parse_text
+
+    def totals(text: str) -> dict[str, float]:
+        parsed = parse_text(text)
+        out: dict[str, float] = {}
+        for key, family in _TELEMETRY_FAMILIES.items():
+            for suffix, name in (("_sum", key), ("_count", key + "_n")):
+                out[name] = sum(
+                    v
+                    for labels, v in parsed.get(family + suffix, [])
+                    if labels.get("model") == model
+                )
+        return out
+
+    a, b = totals(before), totals(after)
+    d = {k: b[k] - a.get(k, 0.0) for k in b}
+    return {
+        "batches": d["batch_service_s_n"],
+        "batch_items": d["batch_items"],
+        "batch_service_s": d["batch_service_s"],
+        "completed": d["server_latency_s_n"],
+        "server_latency_s": d["server_latency_s"],
+    }
+
+
+def replacement_startup_s(run: Mapping[str, Any]) -> float | None:
+    """Seconds from the worker kill to its replacement READY, read from the run's time
+    series (samples every :data:`coscale.bench.live.SAMPLE_S` s): the first sample whose
+    READY count is below the one before it (the kill seen), to the first later sample
+    back at that count. None without a kill, a series, or a replacement within it."""
+    series = run.get("series") or {}
+    times, ready = series.get("time_s") or [], series.get("replicas_ready") or []
+    if not run.get("killed") or len(times) < 2 or len(ready) != len(times):
+        return None
+    for i in range(1, len(ready)):
+        if ready[i] < ready[i - 1]:
+            level, t_drop = ready[i - 1], times[i]
+            for j in range(i + 1, len(ready)):
+                if ready[j] >= level:
+                    return float(times[j] - t_drop)
+            return None
+    return None
+
+
+def _calibration(
+    prepared: Any, run: Mapping[str, Any], variant: str
+) -> tuple[float, dict[str, Any]]:
+    """(service scale k, what was used) for one live run.
+
+    ``k`` = the live mean service time per batch / the simulator's table (the profile on
+    this node type, with the backend's per-batch overhead) at the live mean batch size
+    and the segment's median request length, for ``variant``. Without the run's
+    ``server_telemetry``: k = 1 (the profile as measured)."""
+    obs = run.get("server_telemetry") or {}
+    batches = float(obs.get("batches", 0.0))
+    if batches <= 0:
+        return 1.0, {"calibrated": False}
+    mean_b = float(obs["batch_items"]) / batches
+    mean_s = float(obs["batch_service_s"]) / batches
+    options = prepared.options[0]
+    option = next((o for o in options if o.variant == variant), options[0])
+    seq = int(np.median(prepared.arrivals.seq_lens)) if len(prepared.arrivals) else 0
+    predicted = option.latency.latency(max(1, round(mean_b)), seq)
+    k = mean_s / predicted if predicted > 0 else 1.0
+    return k, {
+        "calibrated": True,
+        "variant": option.variant,
+        "batches": int(batches),
+        "mean_batch_items": mean_b,
+        "mean_service_ms": mean_s * 1000.0,
+        "profile_service_ms": predicted * 1000.0,
+        "service_scale": k,
+    }
+
+
+def _calibrated(prepared: Any, k: float, startup_s: float | None) -> Any:
+    """``prepared`` with every latency table × ``k`` and, when given, the node type's
+    start-up replaced by ``startup_s``."""
+    import dataclasses
+
+    from coscale.sim.profiles import MemoLatencyTable
+
+    def scaled(o: Any) -> Any:
+        t = o.latency
+        rows = tuple(tuple(x * k for x in row) for row in t.latency_s)
+        table = MemoLatencyTable(t.batch_sizes, t.seq_lens, rows)
+        node = o.node if startup_s is None else dataclasses.replace(o.node, startup_s=startup_s)
+        return dataclasses.replace(o, latency=table, node=node)
+
+    options = tuple(tuple(scaled(o) for o in opts) for opts in prepared.options)
+    pools = prepared.pools
+    if startup_s is not None:
+        pools = tuple(
+            dataclasses.replace(p, node=dataclasses.replace(p.node, startup_s=startup_s))
+            for p in pools
+        )
+    return dataclasses.replace(prepared, options=options, pools=pools)
+
+
+def client_connections(prepared: Any, slo_s: float, timeout_s: float) -> int:
+    """The connections ``coscale load`` opens for this schedule
+    (:func:`coscale.load.pool_size`: Little's law on its peak 1-s rate × the SLO × 2,
+    clamped to [4, 256]) — at most that many requests are at the server at once."""
+    from coscale.load import Schedule, pool_size
+
+    a = prepared.arrivals
+    schedule = Schedule(a.times, a.seq_lens, a.duration_s, len(a))
+    return pool_size(schedule, concurrency=None, slo_s=slo_s, timeout_s=timeout_s)
+
 
 class ScheduledKill:
     """A fault model that kills the first replica it is asked about ``at_s`` seconds after
@@ -273,7 +418,25 @@ def live_twin_scenario(
     return scenario_from_dict(data, source="<bench live twin>")
 
 
-def _run_twin(prepared: Any, preset: str, kill_at_s: float | None) -> Any:
+def first_plan(policies: Any) -> tuple[Any, ...]:
+    """The replicas a live server starts with when the preset gives no initial ones:
+    ``ServingSystem.start`` then asks the allocation policy at once (a snapshot at 0 s,
+    no arrivals yet, no replica) and serves only when those are READY — so the twin
+    starts with them READY at 0 s."""
+    from coscale.types import ModelView, Snapshot
+
+    models = tuple(
+        ModelView(s.name, arrival_rate=0.0, queue_length=0, slo_s=s.slo_s,
+                  accuracy_floor=s.accuracy_floor)
+        for s in policies.setups
+    )  # fmt: skip
+    plan, _ = policies.allocation.decide(Snapshot(0.0, models, ()), None)
+    return tuple(t for t in plan.targets if t.count > 0)
+
+
+def _run_twin(
+    prepared: Any, preset: str, kill_at_s: float | None, connections: int | None = None
+) -> Any:
     """:func:`coscale.sim.run.run_preset` with a :class:`ScheduledKill` fault model."""
     from coscale.sim.build import build_policies
     from coscale.sim.cluster import ClusterSimulator
@@ -286,32 +449,75 @@ def _run_twin(prepared: Any, preset: str, kill_at_s: float | None) -> Any:
         prepared.arrivals,
         interval_s=policies.interval_s,
         rng=np.random.default_rng([prepared.seed, 2]),
-        initial=policies.initial,
+        initial=policies.initial or first_plan(policies),
         faults=ScheduledKill(kill_at_s),  # type: ignore[arg-type]
         max_retries=prepared.sim.max_retries,
         drain_limit_s=prepared.sim.drain_limit_s,
         sample_interval_s=1.0,
+        connections=connections,
         preset=preset,
         scenario=prepared.scenario.name,
     )
     return simulator.run()
 
 
+def twin_figures(result: Any, scheduled: Any) -> dict[str, Any]:
+    """The simulated run measured as the live client measures (module docstring of
+    :mod:`coscale.bench.live`): latency from each request's *scheduled* time
+    (``scheduled``, by request id; the log's arrival is when it reached the server);
+    p50/p99 over completed requests; throughput = completed / (last answer − first
+    scheduled arrival)."""
+    from coscale.telemetry.summary import RequestRecords, summarize
+
+    log = result.requests
+    sent = np.asarray(scheduled, dtype=np.float64)
+    records = RequestRecords(sent, log.finish, log.outcome, sent + (log.deadline - log.arrival))
+    s = summarize(
+        records, preset=result.summary.preset, scenario="twin", cost_usd=0.0, energy_j=0.0
+    )
+    return {
+        "p50_ms": s.latency_ms.p50,
+        "p99_ms": s.latency_ms.p99,
+        "throughput_rps": s.throughput_rps,
+        "requests": s.requests,
+        "completed": s.completed,
+        "failed": s.failed,
+        "rejected": s.rejected,
+        "slo_attainment": s.slo_attainment,
+        "replicas_mean": float(result.summary.extra.get("replicas_mean", 0.0)),
+    }
+
+
 def replay_live(
     settings: BenchSettings, live: Mapping[str, Any], profile: Path | None
 ) -> dict[str, Any]:
-    """Each live run replayed in the simulator; pairs of live and simulated figures."""
+    """Each live run replayed in the simulator; pairs of live and simulated figures.
+
+    Per run, the simulator is *calibrated* on what that live run itself observed
+    (:func:`_calibration`: the server's mean service time per batch against the profile;
+    :func:`replacement_startup_s`: the replacement's start-up after the kill); without
+    those observations the profile and the catalog's start-up stand, and the note says
+    so. The client's connection pool is replayed too (:func:`client_connections`)."""
     from coscale.sim.run import SimOptions, prepare
 
     node_type = live["node_type"]
     scenario = live_twin_scenario(settings, live, node_type)
     given = {live["served_name"]: profile} if profile is not None else {}
     prepared = prepare(scenario, SimOptions(profiles=given, fault_scale=0.0))
+    connections = client_connections(prepared, settings.slo / 1000.0, settings.client_timeout_s)
     pairs = []
+    calibrated = 0
     for run in live["runs"]:
         killed = run.get("killed")
-        result = _run_twin(prepared, run["preset"], killed["at_s"] if killed else None)
-        s = result.summary
+        used = run.get("variants_used") or [live.get("best_variant", "")]
+        k, how = _calibration(prepared, run, str(used[0]))
+        startup = replacement_startup_s(run)
+        how["replacement_startup_s"] = startup
+        how["connections"] = connections
+        calibrated += int(bool(how["calibrated"]))
+        twin = _calibrated(prepared, k, startup)
+        kill = killed["at_s"] if killed else None
+        result = _run_twin(twin, run["preset"], kill, connections)
         pairs.append(
             {
                 "preset": run["preset"],
@@ -320,21 +526,31 @@ def replay_live(
                     "p99_ms": run["p99_ms"],
                     "throughput_rps": run["throughput_rps"],
                 },
-                "sim": {
-                    "p50_ms": s.latency_ms.p50,
-                    "p99_ms": s.latency_ms.p99,
-                    "throughput_rps": s.throughput_rps,
-                    "requests": s.requests,
-                    "slo_attainment": s.slo_attainment,
-                    "replicas_mean": float(s.extra.get("replicas_mean", 0.0)),
-                },
+                "sim": twin_figures(result, prepared.arrivals.times),
+                "calibration": how,
             }
+        )
+    if pairs and calibrated == len(pairs):
+        source = (
+            "calibrated on each live run's own observations: the service time per batch "
+            "scaled to the server's measured mean (the profile was measured on an idle "
+            "core; the live run shares a busy machine)"
+        )
+    else:
+        source = (
+            f"the profile ({profile.name if profile else 'this machine'}) as measured, "
+            "uncalibrated (the live runs saved no server telemetry)"
         )
     return {
         "pairs": pairs,
         "note": f"simulator: {node_type} × {live['replicas']} (the live replica budget), the "
-        f"same trace segment, speed-up, preset, seed and profile "
-        f"({profile.name if profile else 'this machine'}); the worker kill replayed as a "
-        "failure of the first replica at the same second. Live figures are measured at "
-        "the client (they include HTTP); errors = |sim − live| / live.",
+        f"same trace segment, speed-up, preset and seed; {source}. The worker kill is "
+        "replayed as a failure of the first replica at the same second, replaced at once "
+        "(as live) after the start-up measured in that run; queued requests time out "
+        "after 10 × the SLO, as live; at most "
+        f"{connections} requests are at the server at once (coscale load's connection "
+        "pool for this schedule; the others wait in the client). The HTTP path itself "
+        "is not simulated. Both sides are measured the same way: p50/p99 over completed "
+        "requests from the scheduled send, throughput = completed / (last answer − first "
+        "scheduled send); errors = |sim − live| / live.",
     }

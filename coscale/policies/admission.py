@@ -1,18 +1,21 @@
 """Admission and fairness: which arriving requests enter the queue, and in what order.
 
 Admission policies implement :class:`~coscale.policies.base.AdmissionPolicy`:
-``decide(request, snapshot, state) -> (AdmissionDecision, state)``; they keep no state
-(``None``). :class:`WeightedFairQueue` orders admitted requests between tenants.
+``decide(request, snapshot, state) -> (AdmissionDecision, state)``; :class:`AdmitAll`
+keeps no state (``None``), :class:`DeadlineAdmission` its learned margin.
+:class:`WeightedFairQueue` orders admitted requests between tenants.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from coscale.errors import CoscaleError
 from coscale.policies.variant import LatencyMap, predicted_service_s
-from coscale.types import AdmissionDecision, ReplicaState, Request, Snapshot
+from coscale.types import AdmissionDecision, ModelView, ReplicaState, Request, Snapshot
 
 #: Retry hint, in seconds, when a model has no replica serving or starting.
 NO_CAPACITY_RETRY_S = 1.0
@@ -32,37 +35,135 @@ class AdmitAll:
         return ADMIT, None
 
 
+@dataclass(frozen=True, slots=True)
+class MarginState:
+    """:class:`DeadlineAdmission`'s state: the newest overruns (oldest first, at most
+    ``window``), the same values sorted, and the margin they give."""
+
+    overruns: tuple[float, ...] = ()
+    ordered: tuple[float, ...] = ()
+    margin: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionState:
+    """:class:`DeadlineAdmission`'s state: one :class:`MarginState` per tenant that has
+    reported overruns, sorted by tenant."""
+
+    tenants: tuple[tuple[str, MarginState], ...] = ()
+
+    def of(self, tenant: str) -> MarginState:
+        """``tenant``'s window (empty if it has reported none). O(T)."""
+        return next((m for t, m in self.tenants if t == tenant), _EMPTY)
+
+
+_EMPTY = MarginState()
+
+
+def _rank(n: int, q: float) -> int:
+    """Index of the nearest-rank ``q``-quantile among ``n ≥ 1`` sorted values: ⌈q·n⌉ − 1."""
+    return min(n, max(1, math.ceil(q * n))) - 1
+
+
+def fair_ahead(view: ModelView, tenant: str) -> float:
+    """Requests a weighted fair queue serves before a new request of ``tenant``.
+
+    With ``q_t`` and ``w_t`` each tenant's waiting requests and weight
+    (``view.tenant_queues``; a tenant not listed: ``q = 0``, ``w = 1``) and ``u`` =
+    ``queue_length − Σ q_t`` (requests put back after a failure, served first):
+
+    ``ahead = u + q_b + Σ_{t≠b} min(q_t, q_b · w_t / w_b + 1)``.
+
+    Derivation (start-time fair queueing, :class:`WeightedFairQueue`, every request one
+    item): tenant t's k-th waiting request has start tag about ``v + (k − 1) / w_t``; the
+    new request of tenant b starts at about ``v + q_b / w_b``, behind its own backlog. The
+    queue serves by start tag, ties to the earlier push, so of tenant t it serves first
+    the requests with ``(k − 1) / w_t ≤ q_b / w_b``: ``min(q_t, q_b·w_t/w_b + 1)``. An
+    approximation: tags are in items, and a backlogged tenant's tags may run ahead of
+    ``v``. No ``tenant_queues`` (a FIFO queue) → ``queue_length``. O(T).
+    """
+    if not view.tenant_queues:
+        return float(view.queue_length)
+    listed = sum(q for _, q, _ in view.tenant_queues)
+    q_b, w_b = 0, 1.0
+    for t, q, w in view.tenant_queues:
+        if t == tenant:
+            q_b, w_b = q, w
+    others = sum(min(q, q_b * w / w_b + 1.0) for t, q, w in view.tenant_queues if t != tenant)
+    return max(0, view.queue_length - listed) + q_b + others
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeadlineAdmission:
-    """Reject at once a request that cannot finish by its deadline.
+    """Reject at once a request that cannot finish by its deadline, with a learned margin.
 
     With ``now = max(snapshot.time, request.arrival)`` and R the model's READY replicas:
 
     * ``capacity = Σ_{i∈R} c_i`` items/s, ``c_i`` = ``capacity_rps`` if > 0 else the
       measured ``rate``;
-    * ``ahead`` = requests waiting in the model's queue (``ModelView.queue_length``, 0 if
-      the model is absent from the snapshot) + ``Σ_{i∈R} outstanding_i``, each counted as
-      one item (the snapshot counts requests, not items);
+    * ``ahead`` = requests the queue serves before this one (each counted as one item;
+      the snapshot counts requests, not items) + ``Σ_{i∈R} outstanding_i``. A FIFO
+      queue serves all of ``ModelView.queue_length`` first; a weighted fair queue
+      (``ModelView.tenant_queues`` given) only the part :func:`fair_ahead` computes —
+      a tenant's own backlog plus each other tenant's weight-proportional share of it —
+      so a flooding tenant's backlog counts against its own requests, not the others'.
+      Model absent from the snapshot → 0;
     * ``service`` = the fastest predicted time for this request alone on a replica in R
       (``latencies[(variant, node_type)]`` at the request's items and ``seq_len``, else
       items / rate, else items / capacity_rps — see
       :func:`~coscale.policies.variant.predicted_service_s`);
-    * ``predicted = now + ahead / capacity + service``.
+    * ``predicted = now + ahead / capacity + service``;
+    * ``margin`` = the learned margin (below), capped at ``max_margin_ratio`` (default
+      0.5) × the request's budget ``deadline − arrival``, and ``target = deadline −
+      margin``.
 
-    Admit iff ``predicted ≤ request.deadline``; otherwise reject with a reason giving
-    the predicted lateness and ``retry_after_s = predicted − deadline`` (how much the
-    backlog must drain for a request with the same SLO to fit).
+    Admit iff ``predicted ≤ target``, with ``promised_by = target``; otherwise reject with
+    a reason giving the predicted lateness and ``retry_after_s = predicted − target``
+    (how much the backlog must drain for a request with the same SLO to fit).
+
+    **The learned margin.** The prediction misses what it does not model (batches,
+    a busy machine, noisy service times), and at the admission boundary under overload
+    every admitted request is predicted to finish just by its target, so without a
+    margin about half of them finish late. The executor reports, for each admitted
+    request that completed, its tenant and *overrun* ``finish − promised_by``
+    (``ModelView.overruns``, since the previous decision). The state keeps, per tenant,
+    the newest ``window`` (default 512) overruns, and the tenant's ``margin = max(0,
+    quantile_q(overruns))`` with ``quantile`` q (default 0.995, nearest rank: the 3rd
+    largest of 512): the margin grows until at most a share 1 − q of admitted requests
+    overrun their target (above 0.99, so that the admitted p99 stays within the SLO),
+    and falls back to 0 while requests finish early (their overruns are negative). For
+    a request admitted at the boundary (``predicted ≈ target``) the overrun is the
+    prediction's error; measuring against the target (not the prediction) keeps slack
+    that a request spends deliberately (the batcher waiting to fill a batch, while the
+    request still finishes in time) out of the margin.
+    Per tenant, because under fair queueing the errors differ by tenant: a light
+    tenant's requests are served next, while a flooding tenant's admitted backlog is
+    overtaken by the others' later arrivals (which the prediction does not see) — its
+    margin must absorb that, the light tenant's must not. The cap keeps admission alive
+    after a spike (a request with nothing ahead still fits and its completion brings new
+    overruns) and bounds what a noisy machine costs in refusals: at 0.5 at least half
+    the budget is left to queueing and service. A higher cap keeps the admitted tail
+    nearer the SLO when errors are large, at the price of refusing even a light tenant's
+    requests whenever something is ahead of them. ``window = 0``: no margin (the bare
+    prediction). The margin learns after the fact: errors that come in rare bursts (a
+    light tenant's requests arriving together) are under-counted until they happen, and
+    before a tenant's first overrun its margin is 0. The margin is recomputed only when
+    overruns arrive, O(window) then (:meth:`learn`); O(replicas + tenants) otherwise.
 
     Edge cases: no READY replica but one STARTING → admit (capacity is on its way and
     the queue holds the request); no replica READY or STARTING → reject with reason
     ``"no capacity"`` and ``retry_after_s = no_capacity_retry_s`` (default 1 s);
     capacity or service unknown (all c_i = 0, or no prediction for any replica) →
-    admit (no evidence the deadline will be missed). State: none. O(replicas).
+    admit (no evidence the deadline will be missed). These admissions carry no
+    ``promised_by``. State: :class:`AdmissionState` (``None`` = empty).
     """
 
     name = "deadline"
     latencies: LatencyMap = field(default_factory=dict)
     no_capacity_retry_s: float = NO_CAPACITY_RETRY_S
+    quantile: float = 0.995
+    window: int = 512
+    max_margin_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         if self.no_capacity_retry_s < 0:
@@ -71,16 +172,63 @@ class DeadlineAdmission:
                 fix="use 1.0",
                 code="invalid_policy_params",
             )
+        if not 0.0 < self.quantile <= 1.0 or self.window < 0:
+            raise CoscaleError(
+                f"deadline: quantile={self.quantile} must be in (0, 1] and "
+                f"window={self.window} >= 0",
+                fix="use quantile 0.995 and window 512 (0 turns the learned margin off)",
+                code="invalid_policy_params",
+            )
+        if not 0.0 <= self.max_margin_ratio < 1.0:
+            raise CoscaleError(
+                f"deadline: max_margin_ratio={self.max_margin_ratio} must be in [0, 1)",
+                fix="use 0.5",
+                code="invalid_policy_params",
+            )
+
+    def learn(
+        self, state: AdmissionState | None, overruns: tuple[tuple[str, float], ...]
+    ) -> AdmissionState:
+        """Fold new ``(tenant, overrun)`` pairs into each tenant's window (class
+        docstring, "The learned margin"). O(T + window + k log window) for k new ones."""
+        state = AdmissionState() if state is None else state
+        if not overruns or self.window == 0:
+            return state
+        new: dict[str, list[float]] = {}
+        for tenant, overrun in overruns:
+            new.setdefault(tenant, []).append(overrun)
+        tenants = dict(state.tenants)
+        for tenant, values in new.items():
+            tenants[tenant] = self._fold(tenants.get(tenant, _EMPTY), tuple(values))
+        return AdmissionState(tuple(sorted(tenants.items())))
+
+    def _fold(self, state: MarginState, overruns: tuple[float, ...]) -> MarginState:
+        """One tenant's window: sorted insert of the new, evict the oldest, re-read the
+        quantile. O(window + k log window)."""
+        joined = state.overruns + overruns
+        kept = joined[-self.window :]
+        if len(overruns) >= self.window:
+            ordered = sorted(kept)
+        else:
+            ordered = list(state.ordered)
+            for gone in joined[: len(joined) - len(kept)]:
+                del ordered[bisect.bisect_left(ordered, gone)]
+            for new in overruns:
+                bisect.insort(ordered, new)
+        margin = max(0.0, ordered[_rank(len(ordered), self.quantile)])
+        return MarginState(kept, tuple(ordered), margin)
 
     def decide(
-        self, request: Request, snapshot: Snapshot, state: None
-    ) -> tuple[AdmissionDecision, None]:
+        self, request: Request, snapshot: Snapshot, state: AdmissionState | None
+    ) -> tuple[AdmissionDecision, AdmissionState]:
+        view = snapshot.model(request.model)
+        state = self.learn(state, view.overruns if view is not None else ())
         replicas = snapshot.replicas_of(request.model)
         ready = [r for r in replicas if r.serving]
         if not ready:
             if any(r.state is ReplicaState.STARTING for r in replicas):
-                return ADMIT, None
-            return AdmissionDecision(False, "no capacity", self.no_capacity_retry_s), None
+                return ADMIT, state
+            return AdmissionDecision(False, "no capacity", self.no_capacity_retry_s), state
         capacity = sum(r.capacity_rps if r.capacity_rps > 0 else r.rate for r in ready)
         services = [
             s
@@ -89,19 +237,23 @@ class DeadlineAdmission:
             is not None
         ]
         if capacity <= 0 or not services:
-            return ADMIT, None
-        view = snapshot.model(request.model)
-        ahead = (view.queue_length if view else 0) + sum(r.outstanding for r in ready)
+            return ADMIT, state
+        queued = fair_ahead(view, request.tenant) if view is not None else 0.0
+        ahead = queued + sum(r.outstanding for r in ready)
         now = max(snapshot.time, request.arrival)
         predicted = now + ahead / capacity + min(services)
-        if predicted <= request.deadline:
-            return ADMIT, None
-        late = predicted - request.deadline
+        budget = max(0.0, request.deadline - request.arrival)
+        margin = min(state.of(request.tenant).margin, self.max_margin_ratio * budget)
+        target = request.deadline - margin
+        if predicted <= target:
+            return AdmissionDecision(True, promised_by=target), state
+        late = predicted - target
         reason = (
-            f"predicted completion in {predicted - now:.3f} s ({ahead} requests ahead at "
+            f"predicted completion in {predicted - now:.3f} s ({ahead:.0f} requests ahead at "
             f"{capacity:.1f} items/s) misses the deadline by {late:.3f} s"
+            + (f" (with a {margin:.3f} s margin)" if margin > 0 else "")
         )
-        return AdmissionDecision(False, reason, late), None
+        return AdmissionDecision(False, reason, late), state
 
 
 # ----------------------------------------------------------------- weighted fair queueing

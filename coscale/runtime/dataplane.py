@@ -27,6 +27,12 @@ One request (:meth:`DataPlane.submit`)
    full batches slower than profiled (a busy machine) must not make admission promise
    deadlines it cannot keep. Small batches say nothing about capacity (a batch's fixed
    cost — the transport to the worker — dominates them), so the profile stands then.
+   As in the simulator, the snapshot's model view also carries each tenant's waiting
+   requests and weight when the queue is fair (``ModelView.tenant_queues``), and the
+   ``(tenant, finish − promised_by)`` of every admitted request completed since the
+   previous decision (``ModelView.overruns``, at most ``MAX_OVERRUNS``, then cleared):
+   the errors :class:`~coscale.policies.admission.DeadlineAdmission` learns its margin
+   from. The policy's state lives in the lane between decisions.
    Rejected → :class:`~coscale.runtime.contract.Overloaded` (429) with
    ``retry_after_s = max(decision.retry_after_s, MIN_RETRY_AFTER_S)``.
 5. **Queue and batch**: the model's :class:`~coscale.runtime.batcher.Batcher` (FIFO, or
@@ -106,6 +112,7 @@ from coscale.telemetry.records import (
     TelemetryWindow,
 )
 from coscale.types import (
+    MAX_OVERRUNS,
     Batch,
     ModelView,
     Outcome,
@@ -263,6 +270,8 @@ class Pending:
     future: asyncio.Future[Any]
     #: answer with the output rows (``np.ndarray``) instead of rendered JSON objects
     raw: bool = False
+    #: the completion time admission aimed at (``AdmissionDecision.promised_by``)
+    promised_by: float | None = None
     attempts: int = 0
     queued: bool = True
     done: bool = False
@@ -356,6 +365,8 @@ class Lane:
         self.astate: Any = None
         self.admit_all = isinstance(setup.admission, AdmitAll)
         fair = setup.fair_queue
+        self.tenants = tuple(fair.weights) if fair is not None else ()
+        self.overruns: deque[tuple[str, float]] = deque(maxlen=MAX_OVERRUNS)
         self.batcher = Batcher(
             setup.name,
             setup.batching,
@@ -407,6 +418,8 @@ class Lane:
             queue_length=len(self.batcher),
             slo_s=self.slo_s,
             accuracy_floor=self.setup.accuracy_floor,
+            tenant_queues=self.batcher.queue.tenant_queues(self.tenants),
+            overruns=tuple(self.overruns),
         )
         limit = self.setup.batch_limit
         replicas = tuple(_admission_view(r, now, limit) for r in self.replicas.values())
@@ -576,6 +589,7 @@ class DataPlane:
             decision, lane.astate = lane.setup.admission.decide(
                 request, lane.admission_snapshot(now), lane.astate
             )
+            lane.overruns.clear()
         if not decision.admit:
             self._reject(lane, request, "overloaded")
             retry = max(decision.retry_after_s, MIN_RETRY_AFTER_S)
@@ -587,7 +601,9 @@ class DataPlane:
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
         future.add_done_callback(_consume)
-        pending = Pending(request, native, now + timeout, future, raw=raw)
+        pending = Pending(
+            request, native, now + timeout, future, raw=raw, promised_by=decision.promised_by
+        )
         lane.pending[request.id] = pending
         pending.timer = self.call_at(pending.expires, lambda: self._expire(lane, pending))
         lane.batcher.push(request)
@@ -764,6 +780,8 @@ class DataPlane:
                 self._answer(lane, p, Outcome.FAILED, error=fail, dispatch=d, replica=r)
                 continue
             lane.latencies_tick.append(now - p.request.arrival)
+            if p.promised_by is not None:
+                lane.overruns.append((p.request.tenant, now - p.promised_by))
             self._answer(
                 lane, p, Outcome.COMPLETED, result=result, dispatch=d, replica=r, service_s=service
             )

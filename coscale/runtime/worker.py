@@ -38,10 +38,22 @@ segments outliving everyone are still unlinked. In order, the worker
    parent pid, polled every :data:`ORPHAN_POLL_S` (0.5 s) — so no worker outlives
    its server.
 
+**Standby** (``--standby``): the local backend may start a worker *before* it has a
+replica to give it (:class:`~coscale.backends.local.LocalBackend`'s warm standby). Its
+first message is then ``("prepare", source, nice)``: it does step 1's signal and
+priority part, imports the family of ``source`` (torch, ONNX Runtime… — about 2 s of a
+cold start) and primes its data (``family.profiling_batch(1, None, 0)``: the digits
+split, the tokenizer), then waits for the usual ``(ReplicaSpec, WorkerOptions)`` and
+goes on with steps 1–4, reusing that family object when ``spec.source`` matches (a
+failed preparation is ignored: the real start reports the error). A standby whose
+parent dies exits on end-of-file like any worker.
+
 Protocol (pickled tuples; payloads go through shared memory, see
 :mod:`coscale.runtime.shm`)::
 
-    data     parent → worker  ("infer", batch_id, segment_name | None, descriptor)
+    data     parent → worker  ("prepare", source, nice)   a standby's first message
+                              (ReplicaSpec, WorkerOptions) first (or after "prepare")
+                              ("infer", batch_id, segment_name | None, descriptor)
                               ("stop",)             after the batches sent before it: exit 0
              worker → parent  ("ready", info) | ("start_error", error)
                               ("result", batch_id, segment_name | None, descriptor, predict_s)
@@ -265,13 +277,41 @@ class Built:
     output_bytes: int
 
 
-def build_and_warm(spec: ReplicaSpec, max_batch: int) -> Built:
-    """Build the variant and run the warm-up batches (module docstring, steps 1–2)."""
+@dataclass(frozen=True)
+class Prepared:
+    """What a standby did before its assignment (module docstring, "Standby")."""
+
+    source: str
+    family: Any  # the ModelFamily, or None when preparing it failed
+    nice: int
+    prepare_s: float
+
+
+def prepare(source: str, nice: int) -> Prepared:
+    """A standby's preparation: ignore SIGINT, lower the priority by ``nice``, import
+    the family of ``source`` and prime its data. Never raises (family None on failure)."""
+    started = time.perf_counter()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _lower_priority(nice)
+    family: Any = None
+    try:
+        from coscale.accel.zoo import get_family
+
+        family = get_family(source)
+        family.profiling_batch(1, None, 0)
+    except Exception:  # the assignment's own build reports it
+        family = None
+    return Prepared(source, family, nice, time.perf_counter() - started)
+
+
+def build_and_warm(spec: ReplicaSpec, max_batch: int, family: Any = None) -> Built:
+    """Build the variant and run the warm-up batches (module docstring, steps 1–2);
+    ``family``: an already imported family of ``spec.source`` (a standby's)."""
     from coscale.accel.zoo import get_family
 
     started = time.perf_counter()
     _set_torch_threads(spec.threads)
-    family = get_family(spec.source)
+    family = family if family is not None else get_family(spec.source)
     variant = family.build(spec.variant, threads=spec.threads)
     _set_torch_threads(spec.threads)
     built = time.perf_counter()
@@ -309,15 +349,22 @@ def _lower_priority(increment: int) -> None:
 
 
 def worker_main(
-    conn: Connection, control: Connection, spec: ReplicaSpec, options: WorkerOptions
+    conn: Connection,
+    control: Connection,
+    spec: ReplicaSpec,
+    options: WorkerOptions,
+    prepared: Prepared | None = None,
 ) -> None:
     """The worker process's entry point (see the module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _lower_priority(options.nice)
+    _lower_priority(options.nice - (prepared.nice if prepared is not None else 0))
     _apply_env(max(1, spec.threads), options.env)
+    family = prepared.family if prepared is not None and prepared.source == spec.source else None
     try:
         fault = parse_fault(os.environ.get(FAULT_ENV, ""), spec.id)
-        built = build_and_warm(spec, options.max_batch)
+        built = build_and_warm(spec, options.max_batch, family)
+        if prepared is not None:
+            built.info.update(standby=True, prepare_s=prepared.prepare_s)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             conn.send(("start_error", error_info(exc)))
@@ -328,23 +375,32 @@ def worker_main(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m coscale.runtime.worker --fd D --control-fd C [--tracker-fd M]``."""
+    """``python -m coscale.runtime.worker --fd D --control-fd C [--tracker-fd M]
+    [--standby]``."""
     parser = argparse.ArgumentParser(prog="coscale-worker", description=__doc__.split("\n")[0])
     parser.add_argument("--fd", type=int, required=True, help="data channel socket fd")
     parser.add_argument("--control-fd", type=int, required=True, help="control socket fd")
     parser.add_argument("--tracker-fd", type=int, default=None, help="resource tracker fd")
+    parser.add_argument("--standby", action="store_true", help="a standby (expects prepare)")
     args = parser.parse_args(argv)
+    if args.standby:  # Ctrl-C reaches the process group while it waits for "prepare"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.tracker_fd is not None:
         from multiprocessing import resource_tracker
 
         # what multiprocessing's own spawn does: use the parent's tracker, not a new one
         resource_tracker._resource_tracker._fd = args.tracker_fd  # type: ignore[attr-defined]
     conn, control = Connection(args.fd), Connection(args.control_fd)
+    prepared: Prepared | None = None
     try:
-        spec, options = conn.recv()
+        first = conn.recv()
+        if isinstance(first, tuple) and len(first) == 3 and first[0] == "prepare":
+            prepared = prepare(first[1], int(first[2]))
+            first = conn.recv()
+        spec, options = first
     except (EOFError, OSError):
         _exit(EXIT_ORPHANED)
-    worker_main(conn, control, spec, options)
+    worker_main(conn, control, spec, options, prepared)
 
 
 def _send(conn: Connection, message: tuple[Any, ...]) -> None:

@@ -8,6 +8,10 @@ Pipeline of one request
 -----------------------
 1. **Arrival** (from :class:`Arrivals`, a trace or generator, or a :class:`ClosedLoop`
    of clients): a :class:`~coscale.types.Request` with ``deadline = arrival + SLO``.
+   With ``connections`` = C (open-loop arrivals only: ``coscale load``'s connection
+   pool), at most C requests are at the server at once: one scheduled while C are
+   unanswered waits in the client (FIFO) and reaches the server — its ``arrival`` and
+   deadline in the log — when one of them is answered (any outcome).
 2. **Admission**: ``admission.decide(request, snapshot)``. Rejected → outcome REJECTED
    at its arrival time. The snapshot it reads is O(G), not O(R): for
    :class:`~coscale.policies.admission.DeadlineAdmission`, whose rule depends on the
@@ -16,9 +20,20 @@ Pipeline of one request
    ``outstanding`` and ``capacity_rps``), plus one STARTING view when replicas are
    starting — the same decision, up to floating-point summation order. ``AdmitAll``
    admits without being called (its decision is constant); any other admission policy
-   gets a full snapshot of the model's replicas (O(R) per arrival).
+   gets a full snapshot of the model's replicas (O(R) per arrival). The model view
+   carries, as live, each tenant's waiting requests and weight under fair queueing
+   (``tenant_queues``) and the ``(tenant, finish − promised_by)`` of admitted requests
+   completed since the previous admission decision (``overruns``).
 3. **Queue**: the model's :class:`~coscale.sim.queues.ModelQueue` — FIFO, or weighted fair
    queueing between tenants when the model has a fair queue (several tenants).
+   **Timeout** (as the live data plane): a request still in the model's queue
+   ``timeout_factor`` (default :data:`TIMEOUT_FACTOR`, 10, the live
+   ``DEFAULT_TIMEOUT_FACTOR``) × its model's SLO after its arrival is answered TIMED_OUT
+   then (the live 504, counted failed); one already handed to a replica completes. It is
+   dropped from the queue lazily (skipped when it reaches the head or is taken in a
+   batch; until then a batching policy may still see it, as live). A retried request
+   whose timeout has passed times out as it is put back. One timer per request that is
+   still queued after its arrival's dispatch (none for the others). ``None``: no timeout.
 4. **Batching**, whenever the model has a *free* replica (READY, holding no batch): the
    batching policy is asked, for the fastest free replica (smallest batch-1 latency, then
    smallest id) and the queue in dispatch order, how many requests to dispatch; a
@@ -65,13 +80,17 @@ Faults
 Each replica draws its death time from :class:`~coscale.sim.faults.FaultModel` when its
 start is decided. A dying replica stops at once; its running and queued batches' requests
 go back to the front of the model queue with one more retry each — a request retried more
-than ``max_retries`` times (default 3) FAILS. Plans see the replica gone at the next
-decision.
+than ``max_retries`` times (default 3) FAILS. As the live controller does
+(``Controller.replica_lost``), a replacement is started at once (READY after the node
+type's ``startup_s``) when the last plan (before the first decision: the initial
+replicas) still wants more READY or STARTING replicas of the dead one's key than are left
+and its node type has room; otherwise plans see the replica gone at the next decision.
 
 Accounting
 ----------
-* Every request ends COMPLETED, FAILED, REJECTED, or — if still unanswered
-  ``drain_limit_s`` after the workload's end — TIMED_OUT; ``lost`` is asserted to be 0.
+* Every request ends COMPLETED, FAILED, REJECTED, or TIMED_OUT (its timeout passed in
+  the queue, or it was still unanswered ``drain_limit_s`` after the workload's end);
+  ``lost`` is asserted to be 0.
 * Cost: each replica is billed from its start decision until it stops (or the end of the
   run) at its node type's $/h (spot or on-demand) / ``replicas_per_node``.
 * Energy: each replica draws ``idle_watts / replicas_per_node`` while it exists and
@@ -89,6 +108,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -125,6 +145,7 @@ from coscale.sim.replicas import (
 from coscale.telemetry.summary import NO_OUTCOME, OUTCOME_CODES, RequestRecords, summarize
 from coscale.telemetry.timeseries import TimeSeries
 from coscale.types import (
+    MAX_OVERRUNS,
     Batch,
     ModelView,
     Outcome,
@@ -137,6 +158,7 @@ from coscale.types import (
 )
 
 __all__ = [
+    "TIMEOUT_FACTOR",
     "Arrivals",
     "ClosedLoop",
     "ClusterSimulator",
@@ -152,6 +174,9 @@ I32 = npt.NDArray[np.int32]
 MAX_RETRIES = 3
 #: Default seconds after the workload's end before unanswered requests time out.
 DRAIN_LIMIT_S = 600.0
+#: Default queue timeout as a multiple of the model's SLO: the live data plane's
+#: ``DEFAULT_TIMEOUT_FACTOR`` (coscale.runtime.dataplane, which imports this module).
+TIMEOUT_FACTOR = 10.0
 #: Default seconds between time-series samples.
 SAMPLE_INTERVAL_S = 15.0
 #: Progress callbacks per run (at most).
@@ -331,6 +356,7 @@ class _Model:
         "by_key",
         "completed_sample",
         "covers",
+        "dead",
         "groups",
         "index",
         "latencies_tick",
@@ -338,14 +364,18 @@ class _Model:
         "n_idle",
         "n_starting",
         "name",
+        "overruns",
         "planned",
         "presenter",
+        "promised",
         "queue",
         "ready",
         "routing",
         "rstate",
         "setup",
         "slo_s",
+        "tenants",
+        "timeout_s",
         "wake_at",
     )
 
@@ -394,6 +424,16 @@ class _Model:
         self.latencies_tick: list[float] = []
         self.planned = 0
         self.covers: list[SimReplica] = []
+        self.dead: set[int] = set()
+        self.timeout_s = float("inf")
+        # admission feedback (ModelView.overruns, tenant_queues)
+        self.promised: dict[int, float] = {}
+        self.overruns: deque[tuple[str, float]] = deque(maxlen=MAX_OVERRUNS)
+        self.tenants = tuple(fair.weights) if fair is not None else ()
+
+    def waiting(self) -> int:
+        """Requests in the queue, the timed-out ones not yet dropped not counted."""
+        return len(self.queue) - len(self.dead)
 
     def free(self) -> SimReplica | None:
         """The fastest idle READY replica (groups by batch-1 latency, then smallest id)."""
@@ -432,6 +472,8 @@ class ClusterSimulator:
         max_retries: int = MAX_RETRIES,
         drain_limit_s: float = DRAIN_LIMIT_S,
         sample_interval_s: float = SAMPLE_INTERVAL_S,
+        timeout_factor: float | None = TIMEOUT_FACTOR,
+        connections: int | None = None,
         preset: str = "",
         scenario: str = "",
         audit: bool = False,
@@ -441,7 +483,24 @@ class ClusterSimulator:
         _require(sample_interval_s > 0, "sample interval must be > 0 s", "use 15")
         _require(max_retries >= 0, f"max_retries must be >= 0, got {max_retries}", "use 3")
         _require(drain_limit_s >= 0, "drain limit must be >= 0 s", "use 600")
+        _require(
+            timeout_factor is None or timeout_factor > 0,
+            f"timeout factor must be > 0 or None, got {timeout_factor}",
+            "use 10 (the live data plane's) or None for no timeout",
+        )
         self._models = [_Model(i, s) for i, s in enumerate(models)]
+        if timeout_factor is not None:
+            for m in self._models:
+                m.timeout_s = m.slo_s * timeout_factor
+        _require(
+            connections is None or (connections >= 1 and isinstance(arrivals, Arrivals)),
+            f"connections must be >= 1 and only for open-loop arrivals, got {connections}",
+            "give the client's connection count, or None",
+        )
+        self._connections = connections
+        self._sent = 0
+        self._refilling = False
+        self._client_wait: deque[int] = deque()
         self._by_name = {m.name: m for m in self._models}
         _require(
             len(self._by_name) == len(self._models),
@@ -481,6 +540,9 @@ class ClusterSimulator:
         self._start_of: list[float] = []
         self._batch_of: list[int] = []
         self._retries: list[int] = []
+        self._queued: list[bool] = []
+        self._armed: set[int] = set()
+        self._timed_out = 0
         self._tenant_index: dict[str, int] = {}
         self._tenant_names: list[str] = []
         self._open = 0
@@ -492,6 +554,8 @@ class ClusterSimulator:
         self._alive: dict[str, SimReplica] = {}
         self._astate: Any = None
         self._last_tick = 0.0
+        self._targets: dict[tuple[str, str, str, bool], int] = {}
+        self._replaced = 0
         # accounting (piecewise-constant rates, integrated at each change)
         self._t_int = 0.0
         self._busy_n = 0
@@ -533,6 +597,8 @@ class ClusterSimulator:
             if m is None or group is None:
                 raise _bad_target(t)
             m.planned += t.count
+            key = (t.model, t.variant, t.node_type, t.spot)
+            self._targets[key] = self._targets.get(key, 0) + t.count
             for _ in range(t.count):
                 self._start_replica(m, group, t.spot, ready_now=True)
         self._start_arrivals()
@@ -562,7 +628,7 @@ class ClusterSimulator:
 
     def _sources_exhausted(self) -> bool:
         if isinstance(self._arrivals, Arrivals):
-            return self._cursor >= len(self._arrivals)
+            return self._cursor >= len(self._arrivals) and not self._client_wait
         return self._sources_left == 0
 
     # ------------------------------------------------------------------ arrivals
@@ -583,8 +649,11 @@ class ClusterSimulator:
             self._start_of = [_NAN] * n
             self._batch_of = [0] * n
             self._retries = [0] * n
+            self._queued = [False] * n
             for name in source.tenant_names:
                 self._tenant_id(name)
+            if self._connections is not None:
+                self._on_resolve = self._connection_freed
             if n:
                 self._post(self._arrival[0], self._arrive)
             return
@@ -611,9 +680,35 @@ class ClusterSimulator:
         arrival = self._arrival
         if i + 1 < len(arrival):
             self._post(arrival[i + 1], self._arrive)
-        self._admit(self._models[self._model_of[i]], i)
+        if self._connections is not None and self._sent >= self._connections:
+            self._client_wait.append(i)  # every connection busy: wait in the client
+        else:
+            self._send(i)
         if self._cursor >= len(arrival):
             self._check_done()
+
+    def _send(self, i: int) -> None:
+        """Request ``i`` reaches the server now (its arrival and deadline from now)."""
+        m = self._models[self._model_of[i]]
+        if self._connections is not None:
+            self._sent += 1
+            now = self._now()
+            self._arrival[i] = now
+            self._deadline[i] = now + m.slo_s
+        self._admit(m, i)
+
+    def _connection_freed(self, rid: int) -> None:
+        """Request ``rid`` was answered: its connection takes the next waiting request
+        (a loop, not recursion: a request rejected at once frees its connection again)."""
+        self._sent -= 1
+        if self._refilling:
+            return
+        self._refilling = True
+        try:
+            while self._client_wait and self._sent < (self._connections or 0):
+                self._send(self._client_wait.popleft())
+        finally:
+            self._refilling = False
 
     def _client_send(self, client: int) -> None:
         source = self._arrivals
@@ -635,6 +730,7 @@ class ClusterSimulator:
         self._start_of.append(_NAN)
         self._batch_of.append(0)
         self._retries.append(0)
+        self._queued.append(False)
         self._admit(m, rid)
 
     def _client_done(self, rid: int) -> None:
@@ -675,6 +771,9 @@ class ClusterSimulator:
             if self._audit and m.aggregate:
                 self._audit_admission(m, request, view, now)
             decision, m.astate = m.admission.decide(request, view, m.astate)
+            m.overruns.clear()
+            if decision.admit and decision.promised_by is not None:
+                m.promised[rid] = decision.promised_by
             if not decision.admit:
                 self._finish[rid] = now
                 self._outcome[rid] = _REJECTED
@@ -684,16 +783,77 @@ class ClusterSimulator:
                 return
         self._open += 1
         m.queue.push(request)
+        self._queued[rid] = True
         if m.n_idle:
             self._dispatch(m)
+        if self._queued[rid]:
+            self._arm(m, rid)
+
+    # ------------------------------------------------------------------ timeouts
+
+    def _arm(self, m: _Model, i: int) -> None:
+        """Post request ``i``'s timeout (once), unless the model has none."""
+        if i in self._armed or m.timeout_s == float("inf"):
+            return
+        self._armed.add(i)
+        self._post(self._arrival[i] + m.timeout_s, partial(self._time_out, m, i))
+
+    def _time_out(self, m: _Model, i: int) -> None:
+        """Request ``i``'s timeout passed: answer it TIMED_OUT if it is still queued."""
+        self._armed.discard(i)
+        if not self._queued[i] or self._outcome[i] != NO_OUTCOME:
+            return
+        m.dead.add(i)
+        self._resolve_timeout(m, i)
+
+    def _resolve_timeout(self, m: _Model, i: int) -> None:
+        m.promised.pop(i, None)  # never completes: no overrun to report
+        self._queued[i] = False
+        self._finish[i] = self._now()
+        self._outcome[i] = _TIMED_OUT
+        self._timed_out += 1
+        self._open -= 1
+        if self._on_resolve is not None:
+            self._on_resolve(i)
+        if self._open == 0:
+            self._check_done()
+
+    def _put_back(self, m: _Model, requests: list[Request]) -> None:
+        """Requests back at the front of the queue (a failed route or a dead replica);
+        one whose timeout has passed times out now instead."""
+        now = self._now()
+        back = []
+        for req in requests:
+            i = req.id
+            if self._arrival[i] + m.timeout_s <= now:
+                self._resolve_timeout(m, i)
+                continue
+            back.append(req)
+        if back:
+            m.queue.push_front(back)
+            for req in back:
+                self._queued[req.id] = True
+                self._arm(m, req.id)
+
+    def _drop_dead_head(self, m: _Model) -> None:
+        """Drop timed-out requests at the head of the queue (lazy removal)."""
+        queue, dead = m.queue, m.dead
+        while dead and queue:
+            head = queue.peek(1)[0]
+            if head.id not in dead:
+                return
+            queue.take(1)
+            dead.discard(head.id)
 
     def _admission_view(self, m: _Model, now: float) -> Snapshot:
         view = ModelView(
             m.name,
             arrival_rate=m.arrivals_tick / max(now - self._last_tick, 1e-9),
-            queue_length=len(m.queue),
+            queue_length=m.waiting(),
             slo_s=m.slo_s,
             accuracy_floor=m.setup.accuracy_floor,
+            tenant_queues=m.queue.tenant_queues(m.tenants),
+            overruns=tuple(m.overruns),
         )
         if not m.aggregate:
             reps = tuple(r.view(now) for r in self._alive.values() if r.group.model == m.name)
@@ -727,6 +887,7 @@ class ClusterSimulator:
     def _dispatch(self, m: _Model) -> None:
         queue = m.queue
         now = self._now()
+        self._drop_dead_head(m)
         while queue:
             f = m.free()
             if f is None:
@@ -738,6 +899,9 @@ class ClusterSimulator:
                     self._wake(m, decision.wake_at)
                 return
             requests = self._take(m, k)
+            if not requests:
+                self._drop_dead_head(m)
+                continue
             batch = Batch(m.name, tuple(requests))
             candidates = m.presenter.candidates(now, batch, m.rstate)
             if self._audit:
@@ -745,7 +909,7 @@ class ClusterSimulator:
             route, m.rstate = m.routing.route(batch, candidates, m.rstate)
             rid = route.replica_id
             if rid is None:
-                queue.push_front(requests)
+                self._put_back(m, requests)
                 self._wake(m, now + max(0.0, route.retry_after_s))
                 return
             r = m.ready.get(rid)
@@ -787,7 +951,14 @@ class ClusterSimulator:
         self.audited += 1
 
     def _take(self, m: _Model, k: int) -> list[Request]:
+        """The next ``k`` queued requests (timed-out ones skipped), capped at the model's
+        ``max_batch`` items (at least one request); they leave the queue."""
         requests = m.queue.take(k)
+        if m.dead:
+            dead = m.dead
+            live = [r for r in requests if r.id not in dead]
+            dead.difference_update(r.id for r in requests)
+            requests = live
         limit = m.setup.max_batch
         if len(requests) > 1:
             items = 0
@@ -795,7 +966,11 @@ class ClusterSimulator:
                 items += r.items
                 if items > limit and i > 0:
                     m.queue.push_front(requests[i:])
-                    return requests[:i]
+                    requests = requests[:i]
+                    break
+        queued = self._queued
+        for r in requests:
+            queued[r.id] = False
         return requests
 
     def _wake(self, m: _Model, when: float) -> None:
@@ -862,6 +1037,10 @@ class ClusterSimulator:
             lat.append(now - req.arrival)
             if now > req.deadline:
                 late += 1
+            if m.promised:
+                promised = m.promised.pop(i, None)
+                if promised is not None:
+                    m.overruns.append((req.tenant, now - promised))
         m.completed_sample += size
         m.miss_sample += late
         self._open -= size
@@ -1020,6 +1199,7 @@ class ClusterSimulator:
             self._set_idle(r, now)
         self._stop(r, now)
         r.outstanding = 0
+        self._replace(m, r)
         again: list[Request] = []
         for req in held:
             i = req.id
@@ -1034,10 +1214,25 @@ class ClusterSimulator:
                 again.append(req)
         self._requeued += len(again)
         if again:
-            m.queue.push_front(again)
+            self._put_back(m, again)
             self._dispatch(m)
         if self._open == 0:
             self._check_done()
+
+    def _replace(self, m: _Model, dead: SimReplica) -> None:
+        """Start a replacement for ``dead`` now if the last plan still wants its key and
+        its node type has room (module docstring, "Faults"). O(R)."""
+        key = dead.key()
+        want = self._targets.get(key, 0)
+        if want <= 0:
+            return
+        active = sum(
+            1 for r in self._alive.values() if r.state in (READY, STARTING) and r.key() == key
+        )
+        node = key[2]
+        if active < want and self._used.get(node, 0) < self._limit.get(node, 0):
+            self._replaced += 1
+            self._start_replica(m, dead.group, dead.spot, ready_now=False)
 
     def _release_covers(self, m: _Model) -> None:
         """Drain cover replicas no longer needed now that replacements are READY."""
@@ -1095,7 +1290,7 @@ class ClusterSimulator:
                 ModelView(
                     m.name,
                     arrival_rate=m.arrivals_tick / span if span > 0 else 0.0,
-                    queue_length=len(m.queue),
+                    queue_length=m.waiting(),
                     slo_s=m.slo_s,
                     accuracy_floor=m.setup.accuracy_floor,
                     p99_latency_s=p99,
@@ -1113,6 +1308,7 @@ class ClusterSimulator:
                 raise _bad_target(t)
             key = (t.model, t.variant, t.node_type, t.spot)
             targets[key] = targets.get(key, 0) + t.count
+        self._targets = targets
         active: dict[tuple[str, str, str, bool], list[SimReplica]] = {}
         for r in self._alive.values():
             if r.state is READY or r.state is STARTING:
@@ -1218,7 +1414,7 @@ class ClusterSimulator:
         for kind, n in self._kind_n.items():
             row[f"replicas:{kind}"] = float(n)
         for m in self._models:
-            row[f"queue:{m.name}"] = float(len(m.queue))
+            row[f"queue:{m.name}"] = float(m.waiting())
             row[f"arrival_rps:{m.name}"] = m.arrivals_sample / window if window > 0 else 0.0
             row[f"completed_rps:{m.name}"] = m.completed_sample / window if window > 0 else 0.0
             row[f"slo_miss_rps:{m.name}"] = m.miss_sample / window if window > 0 else 0.0
@@ -1295,6 +1491,8 @@ class ClusterSimulator:
             "preemptions": self._faults_n[PREEMPTION],
             "failures": self._faults_n["failure"],
             "requeued": self._requeued,
+            "replaced_at_once": self._replaced,
+            "timed_out_in_queue": self._timed_out,
             "cover_replicas": self._covers_n,
             "deferred_starts": self._deferred,
             "utilization": self._busy_int / self._serving_int if self._serving_int > 0 else 0.0,

@@ -33,6 +33,11 @@ Model (per model ``m``, on steps of ``step_s``, default 1 s)
   ``q / μ`` past ``ADMIT_SLACK × (SLO − s)`` (0.9; ``SLO − 2s`` with batching, which
   may wait one batch) are rejected instead (the admission rule's fluid form; the slack
   covers the step discretisation so that what is admitted meets its deadline).
+  **Timeout** (the cluster simulator's, the live data plane's): a request still queued
+  ``timeout_factor`` (10) × SLO after its arrival times out (counted failed). The queue
+  is FIFO, so after each step the backlog keeps only what arrived within the timeout:
+  ``q ← min(q, Σ admitted over the last ⌈timeout / Δt⌉ steps)``; the excess is timed
+  out (and leaves the departure curve the waits are read from, like a service).
 * **Latency** of a request arriving at ``t``: ``s + w_f(t) + W``, with ``w_f`` the exact
   FIFO fluid wait (cumulative departures reach its arrival: computed after the run from
   the cumulative curves) and ``W`` a random wait that depends on the routing. Routing
@@ -86,7 +91,7 @@ from coscale.errors import InvalidInputError
 from coscale.policies.admission import DeadlineAdmission
 from coscale.policies.allocation.capacity import best_effort_rps, capacity_rps
 from coscale.policies.base import AllocationPolicy, Pool, VariantOption
-from coscale.sim.cluster import ModelSetup, RequestLog, SimResult
+from coscale.sim.cluster import TIMEOUT_FACTOR, ModelSetup, RequestLog, SimResult
 from coscale.sim.faults import PREEMPTION, FaultModel
 from coscale.sim.profiles import truncate_table
 from coscale.telemetry.timeseries import TimeSeries
@@ -314,6 +319,8 @@ class _ModelRun:
         self.pooled = getattr(setup.routing, "name", "") in POOLED_ROUTING
         self.rejected = 0.0
         self.arrived = 0.0
+        self.exp = np.zeros(steps)
+        self.timeout_steps = 0  # 0: no timeout
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,7 @@ class _Totals:
     rejected: float
     on_time: float
     latency: LatencySummary
+    timed_out: float = 0.0
 
 
 class FluidSimulator:
@@ -341,6 +349,7 @@ class FluidSimulator:
         faults: FaultModel | None = None,
         drain_limit_s: float = 600.0,
         sample_interval_s: float = 15.0,
+        timeout_factor: float | None = TIMEOUT_FACTOR,
         preset: str = "",
         scenario: str = "",
     ) -> None:
@@ -356,6 +365,9 @@ class FluidSimulator:
         extra = math.ceil(drain_limit_s / self._dt)
         self._steps = load.steps + extra
         self._models = [_ModelRun(k, s, self._steps) for k, s in enumerate(setups)]
+        if timeout_factor is not None:
+            for m in self._models:
+                m.timeout_steps = max(1, math.ceil(m.slo_s * timeout_factor / self._dt))
         self._by_name = {m.name: m for m in self._models}
         self._allocation = allocation
         self._astate: Any = None
@@ -595,6 +607,12 @@ class FluidSimulator:
                 m.rejected += arrivals - admitted
             served = min(m.q + admitted, mu * dt)
             m.q = m.q + admitted - served
+            m.adm[k] = admitted
+            if m.timeout_steps and m.q > 0:
+                young = float(m.adm[max(0, k - m.timeout_steps + 1) : k + 1].sum())
+                if m.q > young:
+                    m.exp[k] = m.q - young
+                    m.q = young
             c = sum(m.ready.values())
             pw = theta = uni = 0.0
             if mu > 0 and m.batched:
@@ -639,20 +657,20 @@ class FluidSimulator:
     # ------------------------------------------------------------------ results
 
     def _totals(self, end_step: int) -> _Totals:
-        requests = completed = rejected = on_time = 0.0
+        requests = completed = rejected = on_time = expired = 0.0
         dists: list[tuple[F64, F64, F64, F64, F64]] = []
         dt = self._dt
         for m in self._models:
             adm, srv = m.adm[:end_step], m.srv[:end_step]
             times = np.arange(end_step) * dt
             cum_a = np.concatenate(([0.0], np.cumsum(adm)))
-            cum_d = np.concatenate(([0.0], np.cumsum(srv)))
+            cum_d = np.concatenate(([0.0], np.cumsum(srv + m.exp[:end_step])))
             grid = np.concatenate((times, [end_step * dt]))
             # an arrival at the middle of step k is served when D reaches A at that point
             mid_a = (cum_a[:-1] + cum_a[1:]) / 2
             finish = np.interp(mid_a, cum_d, grid, right=np.inf)
             wait = np.maximum(0.0, finish - (times + dt / 2))
-            done = float(min(cum_d[-1], cum_a[-1]))
+            done = float(min(srv.sum(), cum_a[-1]))
             base = m.svc[:end_step] + wait
             tail = (m.pw[:end_step], m.theta[:end_step], m.uni[:end_step])
             dists.append((adm, base, *tail))
@@ -661,7 +679,8 @@ class FluidSimulator:
             requests += m.arrived
             rejected += m.rejected
             completed += done
-        return _Totals(requests, completed, rejected, on_time, _latency(dists))
+            expired += float(m.exp[:end_step].sum())
+        return _Totals(requests, completed, rejected, on_time, _latency(dists), expired)
 
     def _result(self, end_step: int, wall_s: float) -> SimResult:
         end = end_step * self._dt
@@ -680,7 +699,7 @@ class FluidSimulator:
         summary = RunSummary(
             requests=n,
             completed=completed,
-            failed=0,
+            failed=round(tot.timed_out),
             rejected=rejected,
             lost=0,
             latency_ms=tot.latency,
@@ -694,7 +713,7 @@ class FluidSimulator:
             scenario=self._scenario,
             extra={
                 "mode": "fluid",
-                "timed_out": 0,
+                "timed_out": round(tot.timed_out),
                 "simulated_s": end,
                 "wall_s": wall_s,
                 "steps": end_step,

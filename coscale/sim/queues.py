@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import overload
 
 from coscale.types import Request
@@ -192,6 +192,18 @@ class ModelQueue:
     def view(self) -> QueueView:
         """A fresh read-only ``Sequence`` of the queue in dispatch order."""
         return QueueView(self)
+
+    def tenant_queues(self, weights: Iterable[str] = ()) -> tuple[tuple[str, int, float], ...]:
+        """``(tenant, waiting requests, weight)`` for the tenants in ``weights`` and every
+        tenant with a waiting request, sorted by tenant (retries put back at the front are
+        no tenant's); ``()`` for a FIFO queue. O(T log T). What admission reads
+        (:attr:`~coscale.types.ModelView.tenant_queues`)."""
+        weight = self._weight
+        if weight is None:
+            return ()
+        sizes = {t: 0 for t in weights}
+        sizes.update((t, len(tq)) for t, tq in self._tenants.items() if tq)
+        return tuple((t, n, weight(t)) for t, n in sorted(sizes.items()))
 
 
 class QueueView(Sequence[Request]):

@@ -79,7 +79,13 @@ from coscale.sim.build import (
     interval_for,
     largest_remainder,
 )
-from coscale.sim.cluster import Arrivals, ClosedLoop, ClusterSimulator, SimResult
+from coscale.sim.cluster import (
+    TIMEOUT_FACTOR,
+    Arrivals,
+    ClosedLoop,
+    ClusterSimulator,
+    SimResult,
+)
 from coscale.sim.faults import FaultModel
 from coscale.sim.fluid import FluidLoad, FluidSimulator
 from coscale.sim.profiles import (
@@ -134,7 +140,9 @@ class SimOptions:
     ``fluid``: simulate at rate level (module docstring, "Fluid mode") on steps of
     ``fluid_step_s`` seconds. ``warm_start``: the run starts with the replicas the first
     minutes' demand needs instead of the pools' ``count`` nodes (see
-    :mod:`coscale.sim.build`, "Initial replicas").
+    :mod:`coscale.sim.build`, "Initial replicas"). ``timeout_factor``: a request still
+    queued this many × its model's SLO after its arrival times out, as live (default
+    :data:`~coscale.sim.cluster.TIMEOUT_FACTOR`, 10; ``None``: it waits until served).
     """
 
     trace: Path | None = None
@@ -152,6 +160,7 @@ class SimOptions:
     fluid: bool = False
     fluid_step_s: float = 1.0
     warm_start: bool = False
+    timeout_factor: float | None = TIMEOUT_FACTOR
 
     def __post_init__(self) -> None:
         checks = [
@@ -507,6 +516,7 @@ def run_preset(
             faults=FaultModel(sim.fault_scale),
             drain_limit_s=sim.drain_limit_s,
             sample_interval_s=sim.sample_interval_s,
+            timeout_factor=sim.timeout_factor,
             preset=preset,
             scenario=scenario.name,
         )
@@ -523,6 +533,7 @@ def run_preset(
         max_retries=sim.max_retries,
         drain_limit_s=sim.drain_limit_s,
         sample_interval_s=sim.sample_interval_s,
+        timeout_factor=sim.timeout_factor,
         preset=preset,
         scenario=scenario.name,
         audit=audit,

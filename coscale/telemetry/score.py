@@ -227,8 +227,14 @@ def _newest(records: Sequence[RecordLike], start: float) -> list[RecordLike]:
     """The records that finished at or after ``start``, scanning from the newest.
 
     Records are appended when answered, so ``finish`` grows along the sequence; the scan
-    stops at the first older one: O(records in the window), not O(records kept).
+    stops at the first older one: O(records in the window), not O(records kept). A
+    :class:`~coscale.telemetry.records.RecordRing` does the same on its columns
+    (``newest_since``).
     """
+    newest_since = getattr(records, "newest_since", None)
+    if newest_since is not None:
+        found: list[RecordLike] = newest_since(start)
+        return found
     out = []
     for r in reversed(records):
         if r.finish < start:

@@ -34,7 +34,9 @@ from coscale.sim.profiles import measured_variants, options_for
 from coscale.types import Plan, Snapshot
 
 VARIANTS = ("fp32-eager", "onnx-fp32")
-CORES = 4
+#: Cores of the pretend machine, its pool's ``max_count``: room for the predictive presets'
+#: spare replica above what the wave needs, so that their plans still change.
+CORES = 6
 INTERVAL_S = 0.2
 DURATION_S = 3.0
 #: Mean arrival rate as a multiple of what one fp32 replica serves without batching
@@ -204,9 +206,10 @@ def simulate(
     catalog = load_catalog()
     live = live_scenario(scenario, catalog, CORES)  # the same pools as the live system
     measured = {m.name: measured_variants(profile) for m in live.models}
-    prepared = sim_run.prepare(
-        live, sim_run.SimOptions(interval_s=INTERVAL_S), measured=measured, catalog=catalog
-    )
+    # no queue timeout: the replicas take longer to start than the run lasts, and the
+    # requests must wait for them so that batching and routing are called
+    options = sim_run.SimOptions(interval_s=INTERVAL_S, timeout_factor=None)
+    prepared = sim_run.prepare(live, options, measured=measured, catalog=catalog)
     result = sim_run.run_preset(prepared, preset)
     assert result.summary.lost == 0
     return logs

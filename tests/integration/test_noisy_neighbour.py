@@ -6,11 +6,13 @@ share while tenant B sends its share, for 15 s: nothing is lost for either, no r
 is refused for its key, A is held back by its rate limit (429s), and B is served.
 B alone at its share is measured first (5 s), for comparison.
 
-Not checked here: the issue's "B's p99 stays within its SLO", which this 2-core machine
-misses today (B's p99 1.5–2.0 s, a third to a half of B's requests refused, against
-180 ms alone): the load generator, the HTTP front end under A's flood and the worker
-share two cores, and admission counts A's backlog against B (see docs/benchmarks.md).
-The benchmark checks it and reports the figure.
+Not checked here: the issue's "B's p99 stays within its SLO". Admission no longer
+counts A's backlog against B (only what fair queueing serves before B's request), and
+each tenant's margin is learned from its own overruns; on the busy 2-core machine B's
+p99 was 0.6–0.8 s with A flooding (1.5–2.0 s before), but B at exactly its share is
+critically loaded in its fair share and the load generator, the HTTP front end and the
+worker share the cores with other jobs, so the figure varies from run to run (see
+docs/benchmarks.md). The benchmark checks it and reports the figure.
 
 Also: ``coscale load --key-env`` sends the tenant's key (every request 200), and a
 missing key variable is refused with exit 2.

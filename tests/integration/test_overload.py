@@ -5,10 +5,12 @@ nothing else is answered, nothing is lost (counted at the client), and the resid
 memory of the server and its worker grows < 10 % between the first and the last third
 of the run.
 
-Not checked here: the issue's "admitted requests keep p99 within the SLO", which this
-machine misses today (admitted p99 1.0–1.3 s against 500 ms on a quiet 2-core machine:
-the deadline admission predicts completions too early; see docs/benchmarks.md). The
-benchmark checks it and reports the figure.
+Not checked here: the issue's "admitted requests keep p99 within the SLO". Deadline
+admission now keeps a margin learned from its own overruns, which halved the admitted
+p99 in the same conditions (60 s at 3×, load average 8–9 on 2 cores: 1,483 → 686 ms),
+but on a busy 2-core machine, where the client, the server and other jobs share the
+cores, the tail is still above 500 ms (see docs/benchmarks.md). The benchmark checks it
+and reports the figure.
 
 The long form is ``benchmarks/bench_reliability.py overload``; both run
 :func:`bench_reliability.run_overload`.

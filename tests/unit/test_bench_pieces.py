@@ -77,8 +77,30 @@ def test_plan_speeds_the_segment_up_to_the_load_factor_of_capacity_at_its_peak()
     work = trace_workload("azure-code", start_s=settings.segment_start_s, window_s=120.0, seed=7)
     peak = peak_rate(np.asarray(work.times), 120.0)
     assert peak > plan.requests / 120.0  # the trace is bursty
-    assert plan.speedup == pytest.approx(settings.load_factor * plan.capacity_rps / peak)
+    # the load rule: the peak at load_factor × what the kill's survivors (1 of 2) carry
+    assert plan.survivors_rps == pytest.approx(plan.capacity_rps / 2)
+    assert plan.peak_rps == pytest.approx(peak)
+    assert plan.speedup == pytest.approx(settings.load_factor * plan.survivors_rps / peak)
     assert plan.cycle_s == pytest.approx(120.0 / plan.speedup)
+    one = plan_cycle(settings.model_copy(update={"replicas": 1}), profile, cores=2)
+    assert one.survivors_rps == pytest.approx(one.capacity_rps)  # no replica to lose
+    measured = plan_cycle(settings, profile, measured_rps=10.0)
+    assert measured.capacity_rps == 10.0 and measured.survivors_rps == pytest.approx(5.0)
+    assert "one replica down" in measured.note
+
+
+def test_a_cycle_too_long_for_its_bound_replays_the_segment_start_at_the_rules_speed() -> None:
+    settings = BenchSettings(segment_s=120.0, max_cycle_s=100.0, min_cycle_s=5.0)
+    profile = _profile(MINILM)
+    free = plan_cycle(settings.model_copy(update={"max_cycle_s": 1e6}), profile, measured_rps=8.0)
+    assert free.cycle_s > 100.0  # 0.8 × 4 req/s at the peak: slower than real time
+    plan = plan_cycle(settings, profile, measured_rps=8.0)
+    assert plan.speedup == pytest.approx(free.speedup)  # the load rule holds
+    assert plan.cycle_s == 100.0 and plan.segment_s == pytest.approx(100.0 * plan.speedup)
+    assert 0 < plan.requests < free.requests == len(free.seq_lens)
+    assert len(plan.seq_lens) == plan.requests
+    assert plan.seq_lens == free.seq_lens[: plan.requests]
+    assert f"({plan.requests} requests) are replayed" in plan.note
 
 
 def test_machine_share_and_peak_rate() -> None:
@@ -89,6 +111,14 @@ def test_machine_share_and_peak_rate() -> None:
     assert peak_rate(times, 90.0) == pytest.approx(3 / PEAK_BIN_S)
     assert peak_rate(times, 20.0) == pytest.approx(5 / 20.0)  # shorter than a bin: the mean
     assert peak_rate(np.array([]), 10.0) == 0.0
+    assert peak_rate(times, 90.0, bin_s=1.0) == pytest.approx(1.0)  # one request per second
+    fine = BenchSettings(segment_s=120.0, max_cycle_s=1e6, peak_bin_s=1.0)
+    coarse = fine.model_copy(update={"peak_bin_s": 30.0})
+    profile = _profile(MINILM)
+    assert "busiest 1 trace seconds" in plan_cycle(fine, profile, measured_rps=8.0).note
+    # the trace's bursts are sharper at 1 s than over 30 s: a slower replay
+    fast = plan_cycle(coarse, profile, measured_rps=8.0).speedup
+    assert plan_cycle(fine, profile, measured_rps=8.0).speedup < fast
 
 
 def test_plan_bounds_the_cycle_length() -> None:
@@ -194,3 +224,34 @@ def test_replay_of_a_live_run_uses_its_segment_budget_and_kill() -> None:
         assert math.isfinite(sim["p50_ms"]) and sim["p99_ms"] >= sim["p50_ms"]
         assert sim["replicas_mean"] <= 2.0 + 1e-9  # the live replica budget
     assert "local-2vcpu × 2" in out["note"]
+
+
+def test_the_cycle_client_asks_the_server_to_wait_as_long_as_it_does() -> None:
+    import asyncio
+
+    import httpx
+
+    from coscale.bench.live import _transport
+
+    seen: list[httpx.URL] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json={})
+
+    async def main(timeout_s: float) -> None:
+        transport = _transport(timeout_s)
+        transport._inner = httpx.MockTransport(answer)
+        async with httpx.AsyncClient(base_url="http://127.0.0.1:9", transport=transport) as c:
+            await c.post("/v1/models/minilm/infer", json={"inputs": ["a"]})
+            await c.get("/v1/stats")
+        await c.aclose()  # a second client's close leaves the shared transport open
+        async with httpx.AsyncClient(base_url="http://127.0.0.1:9", transport=transport) as c:
+            await c.post("/v1/models/minilm/infer", json={"inputs": ["a"]})
+        await transport.close()
+
+    asyncio.run(main(60.0))
+    assert [u.params.get("timeout_ms") for u in seen] == ["60000", None, "60000"]
+    seen.clear()
+    asyncio.run(main(3600.0))
+    assert seen[0].params["timeout_ms"] == "600000"  # the API's 10-minute cap

@@ -26,7 +26,7 @@ from coscale.catalog.profiles import ProfileFile, default_profile_path, load_pro
 from coscale.clock import ManualClock, SystemClock
 from coscale.config import scenario_from_dict
 from coscale.errors import InvalidInputError, ProfileError, UnknownModelError
-from coscale.policies.admission import AdmitAll, WeightedFairQueue
+from coscale.policies.admission import AdmissionState, AdmitAll, WeightedFairQueue
 from coscale.policies.base import VariantOption
 from coscale.policies.batching import FixedBatching, NoBatching
 from coscale.policies.routing import RoundRobin
@@ -390,6 +390,39 @@ def test_admission_rejects_with_429_and_a_retry_hint(digits_profile: ProfileFile
         assert "misses the deadline" in shed.value.message
         stats = s.stats()
         assert stats["rejected"] == 1 and stats["completed"] == 1
+
+    run(system, body)
+
+
+def test_admission_learns_from_overruns_and_sees_each_tenants_queue(
+    digits_profile: ProfileFile,
+) -> None:
+    """The live half of the admission contract the simulator also keeps: completed
+    admitted requests come back as ``finish − promised_by`` in the next admission
+    snapshot (then folded into the policy's margin), and a fair queue's per-tenant
+    backlog and weights are in it."""
+    system = make(
+        digits_profile,
+        replicas=1,
+        slo_ms=2000.0,
+        admission={"name": "deadline"},
+        tenants=[{"name": "gold", "weight": 3}, {"name": "free", "weight": 1}],
+    )
+    lane = system.plane.lanes["digits"]
+
+    async def body(s: ServingSystem) -> None:
+        await asyncio.gather(*(s.infer("digits", [x], tenant="gold") for x in images(5)))
+        # finished well before their 2-s deadlines: negative overruns, not yet read
+        assert len(lane.overruns) == 5
+        assert all(t == "gold" and -2.0 < o < 0 for t, o in lane.overruns)
+        view = lane.admission_snapshot(s.plane.clock.now()).models[0]
+        assert view.tenant_queues == (("free", 0, 1.0), ("gold", 0, 3.0))
+        assert view.overruns == tuple(lane.overruns)
+        await s.infer("digits", images(1), tenant="free")
+        state = lane.astate
+        assert isinstance(state, AdmissionState)
+        assert len(state.of("gold").overruns) == 5 and state.of("gold").margin == 0.0
+        assert len(lane.overruns) == 1  # the last request's, for the next decision
 
     run(system, body)
 

@@ -132,6 +132,7 @@ def _fixed_run(
     deadline: bool = False,
     initial: int | None = None,
     seconds: int = 600,
+    timeout_factor: float | None = None,
 ) -> SimResult:
     option = VariantOption("m", "fp32-eager", CATALOG.get("c7a.large"), FP32.table, 0.99)
     admission: Any = DeadlineAdmission(latencies={}) if deadline else AdmitAll()
@@ -149,6 +150,7 @@ def _fixed_run(
         rng=np.random.default_rng(0),
         initial=(ReplicaTarget("m", "fp32-eager", "c7a.large", start),) if start else (),
         faults=FaultModel(0.0),
+        timeout_factor=timeout_factor,
     )
     return sim.run()
 
@@ -178,6 +180,23 @@ def test_overload_without_admission_builds_a_backlog_that_drains_after_the_load(
     r = _fixed_run(100.0, 2).summary  # 91/s of capacity for 100/s
     assert r.makespan_s > 600.0 and r.completed == r.requests
     assert r.slo_attainment < 0.5 and r.latency_ms.p99 > 500.0
+
+
+def test_queued_requests_time_out_after_ten_slos_like_the_live_data_plane() -> None:
+    # 100/s for 91/s of capacity, SLO 0.5 s: the backlog keeps only the last 5 s of
+    # arrivals; the excess times out (failed), nothing waits much longer than 5 s
+    r = _fixed_run(100.0, 2, timeout_factor=10.0).summary
+    capacity = 2 / FP32.table.latency(1)
+    assert r.completed + r.failed == r.requests and r.failed > 0
+    assert r.extra["timed_out"] == r.failed
+    assert r.failed == pytest.approx((100.0 - capacity) * 600.0, rel=0.1)
+    assert r.completed == pytest.approx(capacity * 600.0, rel=0.02)
+    assert r.latency_ms.p99 <= 5000.0 + 2 * 1000.0  # the timeout + one step either side
+    assert r.makespan_s <= 600.0 + 10.0  # the backlog left is at most 5 s of work
+    # a cold start: what waited longer than the timeout for the first replica timed out
+    cold = _fixed_run(50.0, 4, initial=0, timeout_factor=10.0).summary
+    startup = CATALOG.get("c7a.large").startup_s
+    assert cold.failed == pytest.approx(50.0 * (15.0 + startup - 5.0), rel=0.1)
 
 
 def test_deadline_admission_rejects_the_excess_and_keeps_the_rest_in_time() -> None:

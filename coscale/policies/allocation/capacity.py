@@ -66,6 +66,12 @@ Pools and placement
     ranking sorted once at construction (O(P log P)). Replicas count as capacity only
     when READY: :func:`keep_ready` (make before break) keeps ready replicas a change of
     mix would stop until their replacements are ready.
+
+Spares (N + k)
+    A model whose start-up exceeds its SLO loses every request a dead replica would have
+    served until its replacement is ready. :func:`add_spares` puts k more replicas of the
+    placement's largest candidate on top of it while the model has traffic, so the load
+    fits the N − k survivors (the predictive and oracle policies' ``spare_replicas``).
 """
 
 from __future__ import annotations
@@ -704,6 +710,61 @@ def keep_ready(
         if kept + EPS >= goal:
             break
     return (*targets, *extra)
+
+
+def needs_spare(options: ModelOptions, capacity: float, spares: int) -> bool:
+    """Whether :func:`add_spares` applies: ``spares > 0``, the model has traffic
+    (``capacity > 0`` rps provisioned) and its start-up exceeds its SLO
+    (``options.startup_s > options.slo_s``)."""
+    return spares > 0 and capacity > EPS and options.startup_s > options.slo_s
+
+
+def add_spares(
+    options: ModelOptions,
+    targets: Sequence[ReplicaTarget],
+    capacity: float,
+    spares: int,
+    ledger: PoolLedger,
+) -> tuple[tuple[ReplicaTarget, ...], int]:
+    """N + k: ``spares`` (k) replicas on top of a placement, so that the load still fits
+    when k replicas die.
+
+    Rule: when :func:`needs_spare` holds — the model has traffic (``capacity`` > 0) and
+    a replica lost now cannot be replaced within the SLO (``startup_s > slo_s``: the
+    requests it would have served wait a whole start-up) — k more replicas of the
+    placement's *largest* candidate (highest expected capacity per replica, the one whose
+    loss costs most; ties to the better-ranked) are added. With ``c_max`` that capacity
+    and ``Σ`` the placement's expected capacity (``Σ ≥ capacity``), losing any k
+    replicas leaves ``Σ + k × c_max − (lost) ≥ Σ ≥ capacity``: the load fits N − k of
+    the N + k replicas. While a model has traffic it thus has at least 1 + k replicas.
+
+    Edge cases: not applicable (no traffic, ``startup_s ≤ slo_s``, k = 0) or an empty
+    placement (pools exhausted) → ``targets`` unchanged; no room left for the largest
+    candidate → the other candidates in rank order (:func:`place_count`); no room at all
+    → fewer spares (the returned count says how many were placed). O(P).
+    """
+    if not needs_spare(options, capacity, spares) or not targets:
+        return tuple(targets), 0
+    by_key = {(c.variant, c.node_type, c.spot): c for c in options.candidates}
+    placed = [
+        by_key[k]
+        for k in ((t.variant, t.node_type, t.spot) for t in targets if t.count > 0)
+        if k in by_key
+    ]
+    if not placed:
+        return tuple(targets), 0
+    largest = max(placed, key=lambda c: (c.expected_rps, -options.rank_of(_key(c))))
+    got = ledger.take(largest.node_type, largest.spot, spares)
+    extra = [largest.target(got)] if got else []
+    if got < spares:
+        rest = place_count(options, spares - got, ledger)
+        extra.extend(rest.targets)
+        got += rest.count
+    return (*targets, *extra), got
+
+
+def _key(c: Candidate) -> tuple[str, str, bool]:
+    return (c.variant, c.node_type, c.spot)
 
 
 # --------------------------------------------------------------------------- plans

@@ -39,6 +39,12 @@ start-up (the longest of its options, as for the predictive policy):
    sampled every ``sample_step_s`` (1 s) and at both ends of the window.
 6. **Models**: a model of the context with no demand given has zero demand; a demand
    for a name outside the context is an error.
+7. **Spares (N + k)**: the oracle knows the demand, not the faults. With
+   ``spare_replicas`` = k > 0 (default 0; the ``oracle`` preset uses 1, as the
+   optimized presets do), a model with ``C > 0`` whose start-up exceeds its SLO gets k
+   more replicas of its placement's largest candidate (:func:`~.capacity.add_spares`),
+   so the bound is the least cost *at the same fault tolerance* as the policies it is
+   compared with: a kill leaves ``C`` on the survivors.
 
 It is a lower bound because its capacity is exactly the demand at the SLO's capacity,
 started exactly one start-up ahead: never weaken it (no margin, no hysteresis). For the
@@ -59,6 +65,7 @@ from coscale.policies.allocation.capacity import (
     ModelOptions,
     PoolLedger,
     RateFunction,
+    add_spares,
     group_by_model,
     keep_ready,
     place_capacity,
@@ -85,6 +92,7 @@ class OraclePolicy:
         *,
         demand: Mapping[str, Demand],
         sample_step_s: float = 1.0,
+        spare_replicas: int = 0,
         use_spot: bool = True,
         seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
         budget_fraction: float = LATENCY_BUDGET_FRACTION,
@@ -99,6 +107,8 @@ class OraclePolicy:
             f"use the scenario's model names: {sorted(names)}",
         )
         require(sample_step_s > 0, "sample_step_s must be > 0", "use e.g. 1.0 s")
+        require(spare_replicas >= 0, "spare_replicas must be >= 0", "use 0 (none) or 1 (N+1)")
+        self.spare_replicas = spare_replicas
         self.context = context
         self.demand = dict(demand)
         self.sample_step_s = sample_step_s
@@ -151,7 +161,11 @@ class OraclePolicy:
             need = max(future, min(existing, window), starting, backlog)
             placed = place_capacity(options, need, ledger, self.context.spot_share)
             targets.extend(keep_ready(placed.targets, options, mine, need, ledger))
+            spare, spares = add_spares(options, placed.targets, need, self.spare_replicas, ledger)
+            targets.extend(spare[len(placed.targets) :])
             note = f"{m.model}: {need:.1f} rps, {placed.count} replicas ({placed.spot_count} spot)"
+            if spares:
+                note += f" + {spares} spare"
             if placed.expected_rps + 1e-6 < need:
                 note += f"; pools exhausted, {placed.expected_rps:.1f} rps placed (S_t reached)"
             notes.append(note)

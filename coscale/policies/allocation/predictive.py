@@ -44,9 +44,17 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
    their replacements are ready (:func:`~.capacity.keep_ready`); then the plan is topped
    up to ``min_replicas`` (default 1) with the cheapest on-demand option. Models are
    placed in context order; pools exhausted → partial placement and the reason says so.
-8. **Edge cases**: cold start (no history, zero replicas): the first observation is the
+8. **Spares (N + k)**: while the model has traffic (``C > 0``) and its start-up exceeds
+   its SLO (``startup_s > slo_s``: a dead replica's requests would wait a whole
+   start-up), ``spare_replicas`` = k (default 0; the ``optimized-a``/``optimized-b``
+   presets use 1) more replicas of the placement's largest candidate are added
+   (:func:`~.capacity.add_spares`), before the ``min_replicas`` top-up: the load ``C``
+   then fits the N − k survivors of a kill, and a model with traffic has ≥ 1 + k
+   replicas. No room in the pools → fewer spares, said in the reason. k = 0, no traffic
+   or ``startup_s ≤ slo_s`` → no spare.
+9. **Edge cases**: cold start (no history, zero replicas): the first observation is the
    forecast, with the cold margin. No traffic: ``C`` decays by the hysteresis to 0, and
-   ``min_replicas`` remain. A missing model with no history: ``C = 0``.
+   ``min_replicas`` remain (no spare). A missing model with no history: ``C = 0``.
 
 Complexity: O(N + M × (P + B + H/Δ + K log K)) per call for N replicas (one pass to group
 them), M models, P candidates, B seasonal bins, H/Δ open horizon windows and K errors.
@@ -63,8 +71,10 @@ from coscale.policies.allocation.capacity import (
     LATENCY_BUDGET_FRACTION,
     ModelOptions,
     PoolLedger,
+    add_spares,
     group_by_model,
     keep_ready,
+    needs_spare,
     place_capacity,
     place_count,
     plan,
@@ -134,6 +144,7 @@ class PredictivePolicy:
         max_scale_down_fraction: float = 0.2,
         scale_down_deadband: float = 0.03,
         min_replicas: int = 1,
+        spare_replicas: int = 0,
         use_spot: bool = True,
         seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
         budget_fraction: float = LATENCY_BUDGET_FRACTION,
@@ -156,6 +167,7 @@ class PredictivePolicy:
             "use e.g. 0.03",
         )
         require(min_replicas >= 0, "min_replicas must be >= 0", "use a count >= 0")
+        require(spare_replicas >= 0, "spare_replicas must be >= 0", "use 0 (none) or 1 (N+1)")
         self.context = context
         self.forecaster = Forecaster(
             ForecastConfig(
@@ -177,6 +189,7 @@ class PredictivePolicy:
         self.max_scale_down_fraction = max_scale_down_fraction
         self.scale_down_deadband = scale_down_deadband
         self.min_replicas = min_replicas
+        self.spare_replicas = spare_replicas
         self._options = rank_context(
             context, allow_spot=use_spot, seq_len=seq_len, budget_fraction=budget_fraction
         )
@@ -286,11 +299,22 @@ class PredictivePolicy:
         placed = place_capacity(options, capacity, ledger, self.context.spot_share)
         targets = list(keep_ready(placed.targets, options, replicas, capacity, ledger))
         count, spot = placed.count, placed.spot_count
+        with_spares, spares = add_spares(
+            options, placed.targets, capacity, self.spare_replicas, ledger
+        )
+        added = with_spares[len(placed.targets) :]
+        targets.extend(added)
+        count += spares
+        spot += sum(t.count for t in added if t.spot)
         if count < self.min_replicas:
             extra = place_count(self._on_demand[model], self.min_replicas - count, ledger)
             targets.extend(extra.targets)
             count += extra.count
         note = f", {count} replicas ({spot} spot)"
+        if spares:
+            note += f", {spares} of them spare (N+{spares}: start-up > SLO)"
+        elif needs_spare(options, capacity, self.spare_replicas) and placed.count:
+            note += "; no room for a spare replica (S_t reached)"
         if placed.expected_rps + 1e-6 < capacity:
             note += f"; pools exhausted, {placed.expected_rps:.1f} rps placed (S_t reached)"
         if not options.meets_slo:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any
 
 import pytest
 
 from coscale.errors import CoscaleError
 from coscale.policies.admission import (
+    AdmissionState,
     AdmitAll,
     DeadlineAdmission,
     FairQueueState,
+    MarginState,
     WeightedFairQueue,
+    fair_ahead,
 )
 from coscale.types import (
     AdmissionDecision,
@@ -85,7 +90,8 @@ def test_deadline_admits_when_predicted_completion_meets_deadline() -> None:
     p = DeadlineAdmission(latencies=TABLES)
     predicted = 10.0 + 16 / 120 + 0.01
     d, state = p.decide(req(deadline=predicted + 1e-9), _capacity_snapshot(), None)
-    assert d == ADMIT and state is None
+    assert d == AdmissionDecision(True, promised_by=predicted + 1e-9)
+    assert state == AdmissionState()
 
 
 def test_deadline_rejects_with_reason_and_overshoot_retry() -> None:
@@ -101,14 +107,14 @@ def test_deadline_capacity_uses_rate_when_capacity_unknown() -> None:
     p = DeadlineAdmission(latencies=TABLES)
     snapshot = snap(rep("a", rate=10.0, outstanding=4), queue=0)
     # 4 / 10 + 0.01 = 0.41
-    assert p.decide(req(deadline=10.41 + 1e-9), snapshot, None)[0] == ADMIT
+    assert p.decide(req(deadline=10.41 + 1e-9), snapshot, None)[0].admit
     assert not p.decide(req(deadline=10.40), snapshot, None)[0].admit
 
 
 def test_deadline_now_is_the_later_of_snapshot_time_and_arrival() -> None:
     p = DeadlineAdmission(latencies=TABLES)
     snapshot = snap(rep("a", capacity_rps=100.0), queue=0, time=9.0)
-    assert p.decide(req(arrival=10.0, deadline=10.0105), snapshot, None)[0] == ADMIT
+    assert p.decide(req(arrival=10.0, deadline=10.0105), snapshot, None)[0].admit
     assert not p.decide(req(arrival=10.0, deadline=10.0095), snapshot, None)[0].admit
     late = snap(rep("a", capacity_rps=100.0), queue=0, time=12.0)
     assert not p.decide(req(arrival=10.0, deadline=11.0), late, None)[0].admit
@@ -117,7 +123,7 @@ def test_deadline_now_is_the_later_of_snapshot_time_and_arrival() -> None:
 def test_deadline_model_missing_from_snapshot_has_empty_queue() -> None:
     p = DeadlineAdmission(latencies=TABLES)
     d, _ = p.decide(req(deadline=10.0 + 6 / 120 + 0.0101), _capacity_snapshot(queue=None), None)
-    assert d == ADMIT
+    assert d.admit
 
 
 def test_deadline_service_is_fastest_replica_for_this_request() -> None:
@@ -127,7 +133,7 @@ def test_deadline_service_is_fastest_replica_for_this_request() -> None:
         rep("a", capacity_rps=10.0), rep("g", node_type="gpu", capacity_rps=90.0), queue=0
     )
     # 3 items: gpu 0.06 s beats cpu 0.3 s
-    assert p.decide(req(items=3, deadline=10.061), snapshot, None)[0] == ADMIT
+    assert p.decide(req(items=3, deadline=10.061), snapshot, None)[0].admit
     assert not p.decide(req(items=3, deadline=10.059), snapshot, None)[0].admit
 
 
@@ -135,10 +141,10 @@ def test_deadline_service_falls_back_to_rate_then_capacity() -> None:
     p = DeadlineAdmission()
     by_rate = snap(rep("a", rate=20.0, capacity_rps=40.0), queue=0)
     # capacity 40 items/s, service 2 / rate 20 = 0.1
-    assert p.decide(req(items=2, deadline=10.1001), by_rate, None)[0] == ADMIT
+    assert p.decide(req(items=2, deadline=10.1001), by_rate, None)[0].admit
     assert not p.decide(req(items=2, deadline=10.099), by_rate, None)[0].admit
     by_capacity = snap(rep("a", capacity_rps=40.0), queue=0)
-    assert p.decide(req(items=2, deadline=10.0501), by_capacity, None)[0] == ADMIT
+    assert p.decide(req(items=2, deadline=10.0501), by_capacity, None)[0].admit
 
 
 def test_deadline_ignores_replicas_that_are_not_ready() -> None:
@@ -150,14 +156,14 @@ def test_deadline_ignores_replicas_that_are_not_ready() -> None:
         queue=0,
     )
     # ahead 1 at 10/s → 0.1 + 0.01
-    assert p.decide(req(deadline=10.1101), snapshot, None)[0] == ADMIT
+    assert p.decide(req(deadline=10.1101), snapshot, None)[0].admit
     assert not p.decide(req(deadline=10.1099), snapshot, None)[0].admit
 
 
 def test_deadline_admits_when_capacity_is_starting() -> None:
     p = DeadlineAdmission(latencies=TABLES)
     snapshot = snap(rep("s", state=ReplicaState.STARTING), queue=100)
-    assert p.decide(req(deadline=10.0), snapshot, None)[0] == ADMIT
+    assert p.decide(req(deadline=10.0), snapshot, None)[0] == ADMIT  # no promise
 
 
 def test_deadline_rejects_no_capacity() -> None:
@@ -180,6 +186,174 @@ def test_deadline_admits_when_capacity_or_service_unknown() -> None:
 def test_deadline_validates_parameters() -> None:
     with pytest.raises(CoscaleError, match="no_capacity_retry_s"):
         DeadlineAdmission(no_capacity_retry_s=-1.0)
+    for bad in ({"quantile": 0.0}, {"quantile": 1.5}, {"window": -1}):
+        with pytest.raises(CoscaleError, match="quantile"):
+            DeadlineAdmission(**bad)
+    for ratio in (-0.1, 1.0):
+        with pytest.raises(CoscaleError, match="max_margin_ratio"):
+            DeadlineAdmission(max_margin_ratio=ratio)
+
+
+# ------------------------------------------------------------------ the learned margin
+
+
+def _one_replica(
+    queue: int = 0, overruns: tuple[float, ...] = (), tenant: str = "default"
+) -> Snapshot:
+    # capacity 100 items/s, service 0.01 s: predicted = now + queue / 100 + 0.01
+    pairs = tuple((tenant, o) for o in overruns)
+    view = ModelView("m", arrival_rate=0.0, queue_length=queue, overruns=pairs)
+    return Snapshot(10.0, (view,), (rep("a", capacity_rps=100.0),))
+
+
+def _margin(m: float) -> AdmissionState:
+    return AdmissionState((("default", MarginState((m,), (m,), m)),))
+
+
+def test_margin_is_the_quantile_of_recent_overruns() -> None:
+    p = DeadlineAdmission(latencies=TABLES, quantile=0.9, window=10)
+    overruns = tuple(float(i) / 100 for i in range(10))  # 0.00 .. 0.09
+    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=overruns), None)
+    # nearest rank: the ceil(0.9 × 10) = 9th smallest
+    assert state.of("default").margin == pytest.approx(0.08)
+    assert state.of("default").overruns == overruns
+    # the window keeps the newest 10: five more 0.5 s overruns → 9th smallest is 0.5
+    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(0.5,) * 5), state)
+    mine = state.of("default")
+    assert mine.overruns == (*overruns[5:], 0.5, 0.5, 0.5, 0.5, 0.5)
+    assert mine.margin == pytest.approx(0.5)
+    assert mine.ordered == tuple(sorted(mine.overruns))
+    # no new overruns: the state is returned as it is
+    _, same = p.decide(req(deadline=100.0), _one_replica(), state)
+    assert same is state
+
+
+def test_margins_are_per_tenant() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    flood = _one_replica(queue=30, overruns=(0.3,) * 3, tenant="a")
+    d, state = p.decide(req(tenant="b", deadline=10.5), flood, None)
+    # a's overruns moved a's margin only: b's request fits (10.31 ≤ 10.5), a's does not
+    assert d.admit and state.of("b") == MarginState()
+    assert state.of("a").margin == pytest.approx(0.3)
+    assert not p.decide(req(tenant="a", deadline=10.5), _one_replica(queue=30), state)[0].admit
+    assert [t for t, _ in state.tenants] == ["a"]
+
+
+def test_margin_window_stays_sorted_whatever_the_chunks() -> None:
+    rng = random.Random(7)
+    p = DeadlineAdmission(window=16, quantile=0.75)
+    state: AdmissionState | None = None
+    stream: list[float] = []
+    for _ in range(200):
+        chunk = tuple(round(rng.uniform(-1, 1), 3) for _ in range(rng.choice((0, 1, 3, 17, 40))))
+        stream.extend(chunk)
+        state = p.learn(state, tuple(("t", o) for o in chunk))
+        mine, newest = state.of("t"), stream[-16:]
+        assert mine.overruns == tuple(newest)
+        assert mine.ordered == tuple(sorted(newest))
+        if newest:
+            expected = sorted(newest)[math.ceil(0.75 * len(newest)) - 1]
+            assert mine.margin == max(0.0, expected)
+
+
+def test_margin_moves_the_target_and_is_reported() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    state = _margin(0.2)
+    # predicted = 10 + 30 / 100 + 0.01 = 10.31; target = deadline − 0.2
+    d, _ = p.decide(req(deadline=10.52), _one_replica(queue=30), state)
+    assert d.admit and d.promised_by == pytest.approx(10.32)
+    d, _ = p.decide(req(deadline=10.50), _one_replica(queue=30), state)
+    assert not d.admit and "0.200 s margin" in d.reason
+    assert d.retry_after_s == pytest.approx(10.31 - 10.30)
+    # without the margin the same request fits
+    assert (
+        DeadlineAdmission(latencies=TABLES)
+        .decide(req(deadline=10.50), _one_replica(queue=30), None)[0]
+        .admit
+    )
+
+
+def test_margin_falls_to_zero_when_requests_finish_early() -> None:
+    p = DeadlineAdmission(latencies=TABLES, window=4)
+    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(0.3,) * 4), None)
+    assert state.of("default").margin == pytest.approx(0.3)
+    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(-0.2,) * 4), state)
+    assert state.of("default").margin == 0.0  # never negative: the bare prediction at most
+
+
+def test_margin_is_capped_so_an_empty_queue_still_admits() -> None:
+    p = DeadlineAdmission(latencies=TABLES)  # max_margin_ratio 0.5
+    huge = _margin(5.0)
+    # budget 1 s (arrival 10, deadline 11): margin capped at 0.5 s, 10.01 ≤ 10.5
+    d, _ = p.decide(req(deadline=11.0), _one_replica(queue=0), huge)
+    assert d.admit and d.promised_by == pytest.approx(10.5)
+    assert p.decide(req(deadline=11.0), _one_replica(queue=20), huge)[0].admit  # 10.21
+    assert not p.decide(req(deadline=11.0), _one_replica(queue=50), huge)[0].admit  # 10.51
+    strict = DeadlineAdmission(latencies=TABLES, max_margin_ratio=0.8)  # target 10.2
+    assert not strict.decide(req(deadline=11.0), _one_replica(queue=20), huge)[0].admit
+
+
+def test_window_zero_turns_the_margin_off() -> None:
+    p = DeadlineAdmission(latencies=TABLES, window=0)
+    d, state = p.decide(req(deadline=10.3101), _one_replica(queue=30, overruns=(1.0,)), None)
+    assert d.admit and state == AdmissionState()
+
+
+# ------------------------------------------------------------------ fair-queue "ahead"
+
+
+def _tenants(queue: int, *queues: tuple[str, int, float]) -> ModelView:
+    return ModelView("m", arrival_rate=0.0, queue_length=queue, tenant_queues=queues)
+
+
+def test_fair_ahead_counts_weight_proportional_shares_of_other_tenants() -> None:
+    # a floods (40 waiting), b has 2 waiting, equal weights
+    view = _tenants(42, ("a", 40, 1.0), ("b", 2, 1.0))
+    # b: its own 2 + min(40, 2·1/1 + 1) = 5;  a: its own 40 + min(2, 40 + 1) = 42
+    assert fair_ahead(view, "b") == 5
+    assert fair_ahead(view, "a") == 42
+    # a new tenant: nothing of its own, one request of each other tenant (ties go first)
+    assert fair_ahead(view, "c") == 2
+    # weights: b has weight 4 → per b request, a gets 1/4 of a turn
+    heavy = _tenants(42, ("a", 40, 1.0), ("b", 2, 4.0))
+    assert fair_ahead(heavy, "b") == pytest.approx(2 + 2 * 1 / 4 + 1)
+    # requests put back after a failure (in the queue, no tenant's) go first for everyone
+    assert fair_ahead(_tenants(45, ("a", 40, 1.0), ("b", 2, 1.0)), "b") == 8
+    # a FIFO queue: the whole queue is ahead
+    assert fair_ahead(ModelView("m", arrival_rate=0.0, queue_length=42), "b") == 42
+
+
+def test_fair_ahead_matches_the_fair_queue_order() -> None:
+    """Against the real queue: the number of requests the WFQ pops before a new request
+    of b equals the formula (unit items, equal and unequal weights)."""
+    for weights in ({"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 3.0}, {"a": 2.0, "b": 1.0}):
+        wfq = WeightedFairQueue(weights=weights)
+        state = None
+        for i in range(30):
+            state = wfq.push(state, req(i, tenant="a"))
+        for i in range(30, 33):
+            state = wfq.push(state, req(i, tenant="b"))
+        state = wfq.push(state, req(99, tenant="b"))
+        served = 0
+        while True:
+            got, state = wfq.pop(state)
+            assert got is not None
+            if got.id == 99:
+                break
+            served += 1
+        view = _tenants(33, ("a", 30, weights["a"]), ("b", 3, weights["b"]))
+        assert fair_ahead(view, "b") == pytest.approx(served, abs=1.0), weights
+
+
+def test_deadline_admits_the_light_tenant_behind_a_flood() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    replicas = (rep("a", capacity_rps=100.0, outstanding=2),)
+    view = _tenants(102, ("a", 100, 1.0), ("b", 2, 1.0))
+    snapshot = Snapshot(10.0, (view,), replicas)
+    # b: ahead 2 + 3 + 2 outstanding = 7 → 10.08 ≤ 10.5; a: ahead 104 → 11.05 > 10.5
+    assert p.decide(req(tenant="b", deadline=10.5), snapshot, None)[0].admit
+    d, _ = p.decide(req(tenant="a", deadline=10.5), snapshot, None)
+    assert not d.admit and "104 requests ahead" in d.reason
 
 
 # ------------------------------------------------------------------- weighted fair queue

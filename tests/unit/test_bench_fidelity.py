@@ -1,0 +1,169 @@
+"""The fidelity replay's calibration: what a live run observed, read back and applied."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from coscale.bench.settings import from_overrides
+from coscale.bench.sim import (
+    _calibrated,
+    _calibration,
+    _run_twin,
+    first_plan,
+    live_twin_scenario,
+    replacement_startup_s,
+    replay_live,
+    server_telemetry,
+    twin_figures,
+)
+from coscale.sim.build import build_policies
+from coscale.sim.run import SimOptions, prepare
+from coscale.telemetry.records import RequestRecord, Telemetry
+from coscale.types import Outcome
+
+DIGITS = Path(__file__).resolve().parents[2] / "coscale" / "data" / "profiles" / "digits-cnn.json"
+SETTINGS = from_overrides(True, {"model": "digits-cnn", "segment_s": 20.0})
+
+
+def _live(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "served_name": "digits",
+        "segment": {"start_s": 840.0, "duration_s": 20.0},
+        "speedup": 10.0,
+        "replicas": 2,
+        "node_type": "local-2vcpu",
+        "runs": runs,
+    }
+
+
+def _prepared() -> Any:
+    scenario = live_twin_scenario(SETTINGS, _live([]), "local-2vcpu")
+    return prepare(scenario, SimOptions(profiles={"digits": DIGITS}, fault_scale=0.0))
+
+
+def _record(i: int, latency_s: float) -> RequestRecord:
+    return RequestRecord(
+        id=i,
+        model="digits",
+        tenant="default",
+        arrival=float(i),
+        deadline=float(i) + 1.0,
+        finish=float(i) + latency_s,
+        outcome=Outcome.COMPLETED,
+        items=1,
+    )
+
+
+def test_server_telemetry_is_the_growth_of_the_servers_own_histograms() -> None:
+    t = Telemetry()
+    t.observe_batch("digits", 4, 0.010)
+    t.record(_record(0, 0.5))
+    before = t.prometheus_text()
+    for items, service in ((8, 0.020), (2, 0.004)):
+        t.observe_batch("digits", items, service)
+    t.observe_batch("other", 64, 9.0)  # another model: not counted
+    t.record(_record(1, 0.25))
+    t.record(_record(2, 0.75))
+    got = server_telemetry(before, t.prometheus_text(), "digits")
+    assert got["batches"] == 2 and got["batch_items"] == 10
+    assert got["batch_service_s"] == pytest.approx(0.024)
+    assert got["completed"] == 2 and got["server_latency_s"] == pytest.approx(1.0)
+
+
+def test_replacement_startup_is_read_from_the_ready_series() -> None:
+    run = {
+        "killed": {"at_s": 1.0},
+        "series": {
+            "time_s": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+            "replicas_ready": [2, 2, 1, 1, 1, 2, 2],
+        },
+    }
+    assert replacement_startup_s(run) == pytest.approx(1.5)  # 1.0 → 2.5
+    assert replacement_startup_s({**run, "killed": None}) is None
+    never = {**run, "series": {**run["series"], "replicas_ready": [2, 2, 1, 1, 1, 1, 1]}}
+    assert replacement_startup_s(never) is None
+
+
+def test_calibration_scales_the_profile_to_the_observed_service() -> None:
+    prepared = _prepared()
+    option = prepared.options[0][0]
+    predicted = option.latency.latency(4, 0)
+    run = {
+        "server_telemetry": {
+            "batches": 10.0,
+            "batch_items": 40.0,
+            "batch_service_s": 10 * 3.0 * predicted,  # three times slower than profiled
+        },
+    }
+    k, how = _calibration(prepared, run, option.variant)
+    assert k == pytest.approx(3.0)
+    assert how["calibrated"] and how["service_scale"] == pytest.approx(3.0)
+    twin = _calibrated(prepared, k, 7.0)
+    scaled = twin.options[0][0]
+    assert scaled.latency.latency(4, 0) == pytest.approx(3.0 * predicted)
+    assert scaled.node.startup_s == 7.0 and twin.pools[0].node.startup_s == 7.0
+    # nothing observed: the profile as measured
+    assert _calibration(prepared, {}, option.variant) == (1.0, {"calibrated": False})
+
+
+def test_a_preset_without_initial_replicas_starts_with_its_first_plan_like_the_server() -> None:
+    policies = build_policies(_prepared(), "baseline")
+    plan = first_plan(policies)
+    assert plan and all(t.model == "digits" and t.count > 0 for t in plan)
+
+
+def test_twin_figures_are_measured_like_the_live_client() -> None:
+    live = _live(
+        [
+            {
+                "preset": "optimized-b",
+                "p50_ms": 5.0,
+                "p99_ms": 40.0,
+                "throughput_rps": 100.0,
+                "killed": {"at_s": 1.0},
+                "server_telemetry": {
+                    "batches": 100.0,
+                    "batch_items": 150.0,
+                    "batch_service_s": 0.2,
+                },
+            }
+        ]
+    )
+    out = replay_live(SETTINGS, live, DIGITS)
+    pair = out["pairs"][0]
+    assert pair["calibration"]["calibrated"] and pair["calibration"]["connections"] >= 4
+    assert "calibrated on each live run's own observations" in out["note"]
+    sim = pair["sim"]
+    assert sim["completed"] + sim["failed"] + sim["rejected"] == sim["requests"]
+    assert math.isfinite(sim["p50_ms"]) and sim["p99_ms"] >= sim["p50_ms"]
+
+
+def test_twin_throughput_is_completed_over_first_send_to_last_answer() -> None:
+    prepared = _prepared()
+    result = _run_twin(prepared, "baseline", None)
+    log = result.requests
+    figures = twin_figures(result, prepared.arrivals.times)
+    done = int(np.count_nonzero(np.isfinite(log.service_start)))
+    span = float(np.nanmax(log.finish) - log.arrival.min())
+    assert figures["throughput_rps"] == pytest.approx(done / span)
+    earlier = twin_figures(result, prepared.arrivals.times - 0.5)  # sent 0.5 s earlier
+    assert earlier["p50_ms"] == pytest.approx(figures["p50_ms"] + 500.0)
+
+
+def test_the_client_connection_pool_holds_requests_back_in_the_client() -> None:
+    prepared = _prepared()
+    scheduled = prepared.arrivals.times
+    free = _run_twin(prepared, "baseline", None)
+    one = _run_twin(prepared, "baseline", None, connections=1)
+    assert np.allclose(free.requests.arrival, scheduled)
+    # one connection: a request reaches the server only once the previous one is answered
+    log = one.requests
+    order = np.argsort(log.arrival, kind="stable")
+    assert np.all(log.arrival[order][1:] >= log.finish[order][:-1] - 1e-12)
+    assert np.all(log.arrival >= scheduled - 1e-12)
+    assert twin_figures(one, scheduled)["p50_ms"] >= twin_figures(free, scheduled)["p50_ms"]
