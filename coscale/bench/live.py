@@ -97,6 +97,7 @@ import numpy.typing as npt
 import yaml
 
 from coscale.bench.settings import BenchSettings
+from coscale.bench.sim import server_telemetry
 from coscale.errors import CoscaleError
 
 __all__ = [
@@ -684,6 +685,18 @@ async def closed_loops(
     return points
 
 
+def scrape_metrics(url: str) -> str | None:
+    """The server's ``GET /metrics`` text, or None if it cannot be read (the replay then
+    runs uncalibrated and says so)."""
+    import httpx
+
+    try:
+        response = httpx.get(url + "/metrics", timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
 def run_cycle(
     settings: BenchSettings,
     plan: CyclePlan,
@@ -703,11 +716,15 @@ def run_cycle(
     server.start()
     try:
         say(f"{preset}: replaying the cycle ({plan.cycle_s:.0f} s)")
+        before = scrape_metrics(server.url)
         result, killed, series = asyncio.run(
             _cycle(server.url, settings, plan, preset, on_progress)
         )
+        after = scrape_metrics(server.url)
         row = _row(preset, result, settings.slo, node.on_demand_usd_per_hour, killed)
         row["series"] = series
+        if before is not None and after is not None:  # the fidelity replay's calibration
+            row["server_telemetry"] = server_telemetry(before, after, served_name(settings.model))
         row["variants_used"] = sorted(series["variants"])
         points: list[dict[str, Any]] = []
         if scal:

@@ -145,11 +145,7 @@ def test_the_oracle_keeps_the_same_spare() -> None:
     assert idle.decide(snapshot, None)[0].count("m") == 0  # no traffic: no spare
 
 
-@pytest.mark.parametrize(
-    ("preset", "spares"),
-    [("optimized-a", 1), ("optimized-b", 1), ("oracle", 1), ("baseline", None)],
-)
-def test_the_presets_compared_with_each_other_keep_one_spare(
-    preset: str, spares: int | None
-) -> None:
-    assert resolve_preset(preset).allocation_params.get("spare_replicas") == spares
+@pytest.mark.parametrize("preset", ["optimized-a", "optimized-b", "oracle", "baseline"])
+def test_no_preset_buys_a_spare_by_default(preset: str) -> None:
+    """Spares are opt-in (the presets' docstring: +40–50 % cost in simulation)."""
+    assert not resolve_preset(preset).allocation_params.get("spare_replicas")
