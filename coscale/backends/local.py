@@ -99,6 +99,7 @@ from typing import Any
 import numpy as np
 
 from coscale.backends.base import ReplicaDied, ReplicaSpec, ReplicaStartError
+from coscale.errors import CoscaleError
 from coscale.runtime import shm
 from coscale.runtime.worker import (
     EXIT_FAULT_CRASH,
@@ -114,12 +115,14 @@ from coscale.runtime.worker import (
 
 __all__ = [
     "DEFAULT_BATCH_TIMEOUT_S",
+    "NICE_ENV",
     "FifoGate",
     "LocalBackend",
     "LocalReplica",
     "LocalSettings",
     "WorkerError",
     "default_threads",
+    "worker_nice_from_env",
 ]
 
 DEFAULT_MAX_BATCH = 64
@@ -157,6 +160,32 @@ def default_threads(replicas: int, cores: int | None = None) -> int:
 #: about 1024 : 110, so a worker that saturates the cores no longer starves the front end
 #: (measured: 429s and admitted requests waiting seconds at 3× the capacity).
 WORKER_NICE = 10
+#: Environment variable that sets the workers' nice increment (an integer 0–19; default
+#: :data:`WORKER_NICE`). Lower it on a machine shared with other busy programs: a nice-10
+#: worker then gets about a tenth of a nice-0 program's CPU share (measured: a MiniLM
+#: worker next to four busy nice-0 jobs on two cores answered in seconds).
+NICE_ENV = "COSCALE_WORKER_NICE"
+
+
+def worker_nice_from_env() -> int:
+    """The nice increment from :data:`NICE_ENV`, or :data:`WORKER_NICE` when unset.
+
+    Raises :class:`CoscaleError` naming the variable when it is not an integer in 0–19.
+    """
+    text = os.environ.get(NICE_ENV, "").strip()
+    if not text:
+        return WORKER_NICE
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise CoscaleError(
+            f"{NICE_ENV}={text!r} is not a nice increment (an integer from 0 to 19).",
+            fix=f"unset it (default {WORKER_NICE}) or give e.g. {NICE_ENV}=0 on a shared machine.",
+            code="invalid_input",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -737,9 +766,9 @@ class LocalBackend:
     running longer is a hung worker (killed, ReplicaDied). ``worker_env``: extra
     environment for the workers (e.g. the fault-injection variable of
     :mod:`coscale.runtime.worker`). ``nice``: how much lower than the server's the
-    workers' CPU priority is (default :data:`WORKER_NICE`). ``standby``: keep a warm
-    standby worker per thread count (module docstring); None: on unless
-    :data:`STANDBY_ENV` is ``0``.
+    workers' CPU priority is (None: :data:`NICE_ENV` if set, else :data:`WORKER_NICE`).
+    ``standby``: keep a warm standby worker per thread count (module docstring); None: on
+    unless :data:`STANDBY_ENV` is ``0``.
     """
 
     name = "local"
@@ -752,9 +781,11 @@ class LocalBackend:
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         worker_env: Mapping[str, str] | None = None,
-        nice: int = WORKER_NICE,
+        nice: int | None = None,
         standby: bool | None = None,
     ) -> None:
+        if nice is None:
+            nice = worker_nice_from_env()
         if standby is None:
             standby = os.environ.get(STANDBY_ENV, "1").strip() != "0"
         self.settings = LocalSettings(
