@@ -54,11 +54,19 @@ def export_onnx(
     return path
 
 
+#: Environment variable: ``0`` turns ONNX Runtime's intra-op spin-waiting off
+#: (``session.intra_op.allow_spinning``); unset or ``1``: ONNX Runtime's default (on).
+#: Spinning threads keep a core busy between runs, which on cores shared with the HTTP
+#: server and clients takes CPU from them (docs/benchmarks.md, "Serving through HTTP").
+SPINNING_ENV = "COSCALE_ORT_SPINNING"
+
+
 def make_session(path: Path, *, threads: int = 1, optimize: bool = True) -> ort.InferenceSession:
     """A CPU InferenceSession with ``threads`` intra-op threads.
 
     ``optimize=True`` (default): ORT_ENABLE_ALL. ``optimize=False``: ORT_DISABLE_ALL, the
     graph run node by node exactly as stored (a user file's reference baseline).
+    :data:`SPINNING_ENV` = ``0``: intra-op threads sleep at once when idle.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = (
@@ -70,6 +78,8 @@ def make_session(path: Path, *, threads: int = 1, optimize: bool = True) -> ort.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    if os.environ.get(SPINNING_ENV, "1").strip() == "0":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
