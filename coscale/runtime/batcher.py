@@ -206,13 +206,7 @@ class Batcher:
             self.pool.assign(batch, route.replica_id, now)
 
     def _drop_dead_head(self) -> None:
-        queue, dead = self.queue, self._dead
-        while dead and queue:
-            head = queue.peek(1)[0]
-            if head.id not in dead:
-                return
-            queue.take(1)
-            dead.discard(head.id)
+        self.queue.drop_dead_head(self._dead)
 
     def _take(self, k: int) -> list[Request]:
         """The next ``k`` live requests, capped at ``max_batch`` items (≥ 1 request)."""

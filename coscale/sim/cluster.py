@@ -837,13 +837,7 @@ class ClusterSimulator:
 
     def _drop_dead_head(self, m: _Model) -> None:
         """Drop timed-out requests at the head of the queue (lazy removal)."""
-        queue, dead = m.queue, m.dead
-        while dead and queue:
-            head = queue.peek(1)[0]
-            if head.id not in dead:
-                return
-            queue.take(1)
-            dead.discard(head.id)
+        m.queue.drop_dead_head(m.dead)
 
     def _admission_view(self, m: _Model, now: float) -> Snapshot:
         view = ModelView(

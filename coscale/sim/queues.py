@@ -205,6 +205,16 @@ class ModelQueue:
         sizes.update((t, len(tq)) for t, tq in self._tenants.items() if tq)
         return tuple((t, n, weight(t)) for t, n in sorted(sizes.items()))
 
+    def drop_dead_head(self, dead: set[int]) -> None:
+        """Lazy removal of timed-out requests: take those at the head whose ids are in
+        ``dead``, and forget them there. Stops at the first live request. O(removed)."""
+        while dead and self:
+            head = self.peek(1)[0]
+            if head.id not in dead:
+                return
+            self.take(1)
+            dead.discard(head.id)
+
 
 class QueueView(Sequence[Request]):
     """Read-only dispatch-order view of a :class:`ModelQueue` (valid until it changes).
