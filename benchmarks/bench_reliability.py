@@ -1020,6 +1020,21 @@ def soak_passed(r: dict[str, Any], max_growth: float = SOAK_GROWTH) -> list[str]
 # ------------------------------------------------------------------------------ main
 
 
+def assert_all_answered(r: dict[str, Any]) -> None:
+    """What every short form checks first: the client sent every planned request and got
+    an answer for each (``accounting``), and the server exited 0 having lost none."""
+    acc = r["accounting"]
+    assert acc["sent"] == acc["planned"] > 0
+    assert acc["lost"] == 0, f"{acc['lost']} requests got no answer: {acc}"
+    assert_server_clean(r)
+
+
+def assert_server_clean(r: dict[str, Any]) -> None:
+    """The server exited 0 and counted no request lost."""
+    assert r["server"]["exit_code"] == 0
+    assert r["server"]["server_counts"]["lost"] == 0
+
+
 def _default(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return None
