@@ -142,6 +142,9 @@ DEFAULT_MAX_STRING_CHARS = 10_000
 MAX_TIMEOUT_MS = 600_000.0
 #: Tenant of a request when the app has no ``tenant_of`` (anonymous serving).
 DEFAULT_TENANT = "default"
+#: ``request.state`` key: ``time.perf_counter()`` when the request reached the app (set by
+#: :class:`CatchAllMiddleware`; the data plane counts deadlines from then).
+RECEIVED_STATE = "coscale_received"
 #: Methods whose body the size limit reads.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -511,6 +514,7 @@ class CatchAllMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        scope.setdefault("state", {})[RECEIVED_STATE] = started
         status = 0
 
         async def tracked(message: Message) -> None:
@@ -778,8 +782,10 @@ def create_app(
             check_limits(items, limits)
         raw = wants_npy(request.headers.get("accept"))
         timeout_s = timeout_ms / 1000.0 if timeout_ms is not None else None
+        received = getattr(request.state, RECEIVED_STATE, None)
+        waited_s = time.perf_counter() - received if received is not None else 0.0
         outputs = await serving.infer(
-            model, items, tenant=tenant(request), timeout_s=timeout_s, raw=raw
+            model, items, tenant=tenant(request), timeout_s=timeout_s, raw=raw, waited_s=waited_s
         )
         if raw:
             return Response(encode_npy(outputs), media_type=NPY_MEDIA_TYPE)

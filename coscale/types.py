@@ -200,8 +200,8 @@ class AdmissionDecision:
     """Admit the request, or reject it with a reason and a retry hint.
 
     ``promised_by``: for an admitted request, the completion time (absolute) the policy
-    aimed at, when it predicted one (None otherwise). Executors report each such
-    request's ``finish − promised_by`` back in :attr:`ModelView.overruns` when it
+    predicted, when it wants to learn from it (None otherwise). Executors report each
+    such request's ``finish − promised_by`` back in :attr:`ModelView.overruns` when it
     completes, so the policy can learn from its own errors.
     """
 

@@ -121,34 +121,38 @@ class DeadlineAdmission:
     a reason giving the predicted lateness and ``retry_after_s = predicted − target``
     (how much the backlog must drain for a request with the same SLO to fit).
 
-    **The learned margin.** The prediction misses what it does not model (batches,
-    a busy machine, noisy service times), and at the admission boundary under overload
-    every admitted request is predicted to finish just by its target, so without a
-    margin about half of them finish late. The executor reports, for each admitted
-    request that completed, its tenant and *overrun* ``finish − promised_by``
-    (``ModelView.overruns``, since the previous decision). The state keeps, per tenant,
-    the newest ``window`` (default 512) overruns, and the tenant's ``margin = max(0,
-    quantile_q(overruns))`` with ``quantile`` q (default 0.995, nearest rank: the 3rd
-    largest of 512): the margin grows until at most a share 1 − q of admitted requests
-    overrun their target (above 0.99, so that the admitted p99 stays within the SLO),
-    and falls back to 0 while requests finish early (their overruns are negative). For
-    a request admitted at the boundary (``predicted ≈ target``) the overrun is the
-    prediction's error; measuring against the target (not the prediction) keeps slack
-    that a request spends deliberately (the batcher waiting to fill a batch, while the
-    request still finishes in time) out of the margin.
-    Per tenant, because under fair queueing the errors differ by tenant: a light
-    tenant's requests are served next, while a flooding tenant's admitted backlog is
-    overtaken by the others' later arrivals (which the prediction does not see) — its
-    margin must absorb that, the light tenant's must not. The cap keeps admission alive
-    after a spike (a request with nothing ahead still fits and its completion brings new
-    overruns) and bounds what a noisy machine costs in refusals: at 0.5 at least half
-    the budget is left to queueing and service. A higher cap keeps the admitted tail
-    nearer the SLO when errors are large, at the price of refusing even a light tenant's
-    requests whenever something is ahead of them. ``window = 0``: no margin (the bare
-    prediction). The margin learns after the fact: errors that come in rare bursts (a
-    light tenant's requests arriving together) are under-counted until they happen, and
-    before a tenant's first overrun its margin is 0. The margin is recomputed only when
-    overruns arrive, O(window) then (:meth:`learn`); O(replicas + tenants) otherwise.
+    **The learned margin.** The prediction misses what it does not model (a busy
+    machine, the event loop's own work between batches, noisy service times), and at
+    the admission boundary under overload every admitted request is predicted to finish
+    just by its target, so without a margin about half of them finish late. When every
+    READY replica is busy (``outstanding > 0``) the wait is imposed by capacity, and
+    the decision carries ``promised_by = predicted``; the executor reports, for each
+    such request that completed, its tenant and the prediction's error ``finish −
+    promised_by`` (``ModelView.overruns``, since the previous decision). A request
+    admitted while a replica was free gets no ``promised_by``: its wait is the
+    batcher's choice (filling a batch within the deadline), not an error, and a
+    request admitted far inside its target would only teach that "early" is common.
+    (Measuring ``finish − target`` instead — an earlier version — let those early
+    finishers pull the quantile down; under 3× overload the margin then oscillated
+    between 50 and 250 ms, and each low phase admitted a burst of late requests.)
+    The state keeps, per tenant, the newest ``window`` (default 2,048: about 20 s of
+    a saturated MiniLM replica, so that error bursts every 10–20 s stay remembered)
+    errors, and the tenant's ``margin = max(0, quantile_q(errors))`` with q (default
+    0.995, nearest rank: the 11th largest of 2,048): at most a share 1 − q of the
+    admitted requests that waited for capacity finish late (above 0.99, so that the
+    admitted p99 stays within the SLO). Until a tenant has reported ``min_samples``
+    (default 64) errors its margin is the cap (below): an untested prediction is not
+    trusted, which costs a few refusals at the start of an overload instead of a
+    burst of late answers. Per tenant, because under fair queueing the errors differ
+    by tenant: a light tenant's requests are served next, while a flooding tenant's
+    admitted backlog is overtaken by the others' later arrivals (which the prediction
+    does not see) — its margin must absorb that, the light tenant's must not. The cap
+    ``max_margin_ratio`` (default 0.5) × the request's budget ``deadline − arrival``
+    keeps admission alive after a spike (a request with nothing ahead still fits) and
+    bounds what a noisy machine costs in refusals: at 0.5 at least half the budget is
+    left to queueing and service. ``window = 0``: no margin (the bare prediction,
+    from the first request). The margin is recomputed only when errors arrive,
+    O(window) then (:meth:`learn`); O(replicas + tenants) otherwise.
 
     Edge cases: no READY replica but one STARTING → admit (capacity is on its way and
     the queue holds the request); no replica READY or STARTING → reject with reason
@@ -162,7 +166,8 @@ class DeadlineAdmission:
     latencies: LatencyMap = field(default_factory=dict)
     no_capacity_retry_s: float = NO_CAPACITY_RETRY_S
     quantile: float = 0.995
-    window: int = 512
+    window: int = 2048
+    min_samples: int = 64
     max_margin_ratio: float = 0.5
 
     def __post_init__(self) -> None:
@@ -172,11 +177,12 @@ class DeadlineAdmission:
                 fix="use 1.0",
                 code="invalid_policy_params",
             )
-        if not 0.0 < self.quantile <= 1.0 or self.window < 0:
+        if not 0.0 < self.quantile <= 1.0 or self.window < 0 or self.min_samples < 0:
             raise CoscaleError(
-                f"deadline: quantile={self.quantile} must be in (0, 1] and "
-                f"window={self.window} >= 0",
-                fix="use quantile 0.995 and window 512 (0 turns the learned margin off)",
+                f"deadline: quantile={self.quantile} must be in (0, 1], "
+                f"window={self.window} >= 0 and min_samples={self.min_samples} >= 0",
+                fix="use quantile 0.995, window 2048 (0 turns the learned margin off) "
+                "and min_samples 64",
                 code="invalid_policy_params",
             )
         if not 0.0 <= self.max_margin_ratio < 1.0:
@@ -218,6 +224,12 @@ class DeadlineAdmission:
         margin = max(0.0, ordered[_rank(len(ordered), self.quantile)])
         return MarginState(kept, tuple(ordered), margin)
 
+    def _margin(self, tenant: MarginState) -> float:
+        """The tenant's learned margin; ∞ (so: the cap) before ``min_samples`` errors."""
+        if self.window == 0:
+            return 0.0
+        return tenant.margin if len(tenant.overruns) >= self.min_samples else math.inf
+
     def decide(
         self, request: Request, snapshot: Snapshot, state: AdmissionState | None
     ) -> tuple[AdmissionDecision, AdmissionState]:
@@ -242,11 +254,12 @@ class DeadlineAdmission:
         ahead = queued + sum(r.outstanding for r in ready)
         now = max(snapshot.time, request.arrival)
         predicted = now + ahead / capacity + min(services)
-        budget = max(0.0, request.deadline - request.arrival)
-        margin = min(state.of(request.tenant).margin, self.max_margin_ratio * budget)
+        cap = self.max_margin_ratio * max(0.0, request.deadline - request.arrival)
+        margin = min(self._margin(state.of(request.tenant)), cap)
         target = request.deadline - margin
         if predicted <= target:
-            return AdmissionDecision(True, promised_by=target), state
+            busy = all(r.outstanding > 0 for r in ready)  # the wait is capacity's
+            return AdmissionDecision(True, promised_by=predicted if busy else None), state
         late = predicted - target
         reason = (
             f"predicted completion in {predicted - now:.3f} s ({ahead:.0f} requests ahead at "

@@ -65,12 +65,15 @@ class Serving(Protocol):
         tenant: str = "default",
         timeout_s: float | None = None,
         raw: bool = False,
+        waited_s: float = 0.0,
     ) -> Any:
         """Validate, admit, batch, route and run; one output object per item, in order.
 
         ``items`` is a list of JSON items or an array with the batch axis first (a binary
         request). With ``raw`` the answer is the float32 output rows as one array
         (``np.ndarray``, one row per item) instead of a list of JSON objects.
+        ``waited_s``: how long the request already spent in the HTTP layer (reading and
+        parsing its body); its deadline and timeout count from then.
         """
         ...
 

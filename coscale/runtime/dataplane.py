@@ -14,6 +14,10 @@ One request (:meth:`DataPlane.submit`)
    default, ``DEFAULT_TIMEOUT_FACTOR`` (10) × the model's SLO: a request that is merely
    slow still gets its answer. The deadline the policies see (``Request.deadline``) is
    ``arrival + min(SLO, timeout)`` — the SLO, unless the caller set a tighter bound.
+   ``arrival`` is when the request reached the server, not the data plane: ``now −
+   waited_s``, where the HTTP layer passes how long it spent reading and parsing the
+   body (under 3× overload the event loop's backlog made that up to 200 ms at the
+   p99, time the client sees and admission must count).
 3. **Not ready**: the data plane is not started or is shutting down, or the model has no
    replica READY or STARTING → :class:`~coscale.runtime.contract.NotReady` (503). Such
    a request still counts in the model's arrival rate while the server runs, so an
@@ -23,7 +27,15 @@ One request (:meth:`DataPlane.submit`)
    stopped). Each replica's ``capacity_rps`` there is the profiled figure or, when it
    is lower and the replica's recent batches were at least
    :data:`MEASURED_RATE_MIN_FILL` (½) of the batch limit (EWMA of batch items), its
-   measured rate (EWMA of items / service seconds of its batches): a replica that runs
+   measured *cycle rate*: ``items_c / cycle_c``, the EWMAs (α = :data:`CYCLE_ALPHA`,
+   about the last 50 batches) of each batch's items and of its cycle, which runs from
+   ``max(previous batch's end, its assignment)`` to its end — a ratio of means, not a
+   mean of ratios, which short noisy cycles would bias upwards. While the
+   replica is backlogged that is its real throughput, including what the event loop
+   spends between two batches (answering the last one, routing the next, parsing the
+   HTTP requests that arrive meanwhile) — under 3× overload that loop work cut a MiniLM
+   replica's throughput from 128 to 78 req/s while items / service time stayed near
+   the first figure, and admission promised deadlines from it. A replica that runs
    full batches slower than profiled (a busy machine) must not make admission promise
    deadlines it cannot keep. Small batches say nothing about capacity (a batch's fixed
    cost — the transport to the worker — dominates them), so the profile stands then.
@@ -143,6 +155,8 @@ MIN_RETRY_AFTER_S = 0.05
 #: Admission trusts a replica's measured rate over its profile only when its recent
 #: batches (EWMA of items) fill at least this share of the batch limit.
 MEASURED_RATE_MIN_FILL = 0.5
+#: EWMA weight of the cycle-rate measure (module docstring, step 4).
+CYCLE_ALPHA = 0.02
 
 READY = ReplicaState.READY
 STARTING = ReplicaState.STARTING
@@ -194,6 +208,9 @@ class LiveReplica:
         self.latency_ewma = 0.0
         self.rate_ewma = 0.0
         self.items_ewma = 0.0
+        self.cycle_items = 0.0
+        self.cycle_s = 0.0
+        self.last_finish = -math.inf
         self.utilization = 0.0
         self.batches = 0
 
@@ -232,16 +249,27 @@ class LiveReplica:
             started_at=self.ready_at if self.state is not STARTING else self.decided_at,
         )
 
-    def observe_batch(self, items: int, service_s: float) -> None:
-        """Fold one finished batch into the EWMA latency and rate (the simulator's rule)."""
+    def observe_batch(self, items: int, service_s: float, cycle_s: float) -> None:
+        """Fold one finished batch into the EWMA latency, rate and items (the simulator's
+        rule) and the cycle rate ``items / cycle_s`` (module docstring, step 4)."""
         rate = items / service_s if service_s > 0 else 0.0
+        cycle_s = max(cycle_s, service_s)
         if self.latency_ewma <= 0.0:
             self.latency_ewma, self.rate_ewma = service_s, rate
-            self.items_ewma = float(items)
+            self.items_ewma = self.cycle_items = float(items)
+            self.cycle_s = cycle_s
         else:
             self.latency_ewma += EWMA_ALPHA * (service_s - self.latency_ewma)
             self.rate_ewma += EWMA_ALPHA * (rate - self.rate_ewma)
             self.items_ewma += EWMA_ALPHA * (items - self.items_ewma)
+            self.cycle_items += CYCLE_ALPHA * (items - self.cycle_items)
+            self.cycle_s += CYCLE_ALPHA * (cycle_s - self.cycle_s)
+
+    @property
+    def cycle_rate(self) -> float:
+        """Items per second of wall time per batch cycle (module docstring, step 4);
+        0 before the first batch."""
+        return self.cycle_items / self.cycle_s if self.cycle_s > 0 else 0.0
 
     def info(self) -> dict[str, Any]:
         return {
@@ -270,7 +298,7 @@ class Pending:
     future: asyncio.Future[Any]
     #: answer with the output rows (``np.ndarray``) instead of rendered JSON objects
     raw: bool = False
-    #: the completion time admission aimed at (``AdmissionDecision.promised_by``)
+    #: the completion time admission predicted (``AdmissionDecision.promised_by``)
     promised_by: float | None = None
     attempts: int = 0
     queued: bool = True
@@ -427,12 +455,13 @@ class Lane:
 
 
 def _admission_view(r: LiveReplica, now: float, batch_limit: int) -> ReplicaView:
-    """``r``'s view with ``capacity_rps`` = min(profiled, measured rate) when its recent
-    batches were full enough to measure capacity (module docstring, step 4)."""
+    """``r``'s view with ``capacity_rps`` = min(profiled, measured cycle rate) when its
+    recent batches were full enough to measure capacity (module docstring, step 4)."""
     view = r.view(now)
     full = r.items_ewma >= MEASURED_RATE_MIN_FILL * max(1, batch_limit)
-    if full and 0.0 < r.rate_ewma < view.capacity_rps:
-        return dataclasses.replace(view, capacity_rps=r.rate_ewma)
+    rate = r.cycle_rate
+    if full and 0.0 < rate < view.capacity_rps:
+        return dataclasses.replace(view, capacity_rps=rate)
     return view
 
 
@@ -540,6 +569,7 @@ class DataPlane:
         tenant: str = "default",
         timeout_s: float | None = None,
         raw: bool = False,
+        waited_s: float = 0.0,
     ) -> Any:
         """One request, end to end (module docstring); returns one output per item.
 
@@ -566,11 +596,12 @@ class DataPlane:
             )
         timeout = lane.slo_s * DEFAULT_TIMEOUT_FACTOR if timeout_s is None else timeout_s
         now = self.clock.now()
+        arrival = now - min(max(0.0, waited_s), timeout)
         request = Request(
             id=next(self._ids),
             model=model,
-            arrival=now,
-            deadline=now + min(lane.slo_s, timeout),
+            arrival=arrival,
+            deadline=arrival + min(lane.slo_s, timeout),
             tenant=tenant,
             items=n,
             seq_len=_seq_len(lane.family, native, lane.seq_limit),
@@ -602,7 +633,7 @@ class DataPlane:
         future: asyncio.Future[Any] = self._loop.create_future()
         future.add_done_callback(_consume)
         pending = Pending(
-            request, native, now + timeout, future, raw=raw, promised_by=decision.promised_by
+            request, native, arrival + timeout, future, raw=raw, promised_by=decision.promised_by
         )
         lane.pending[request.id] = pending
         pending.timer = self.call_at(pending.expires, lambda: self._expire(lane, pending))
@@ -754,6 +785,8 @@ class DataPlane:
     ) -> None:
         now = self.clock.now()
         service = now - d.started_at
+        cycle = now - max(r.last_finish, d.assigned_at)
+        r.last_finish = now
         self._end_busy(r, now)
         r.outstanding -= len(d.pendings)
         r.batches += 1
@@ -767,7 +800,7 @@ class DataPlane:
             for p in d.pendings:
                 self._answer(lane, p, Outcome.FAILED, error=failure, dispatch=d, replica=r)
             return
-        r.observe_batch(items, service)
+        r.observe_batch(items, service, cycle)
         self.telemetry.observe_batch(lane.name, items, service)
         for p, out in zip(d.pendings, rows, strict=True):
             if p.done:

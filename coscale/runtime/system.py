@@ -329,11 +329,14 @@ class ServingSystem:
         tenant: str = "default",
         timeout_s: float | None = None,
         raw: bool = False,
+        waited_s: float = 0.0,
     ) -> Any:
         """Validate, admit, batch, route and run; one output object per item, in order
         (``items``: a list, or an array with the batch axis first; ``raw``: the output rows
         as one float32 array instead of JSON objects)."""
-        return await self.plane.submit(model, items, tenant=tenant, timeout_s=timeout_s, raw=raw)
+        return await self.plane.submit(
+            model, items, tenant=tenant, timeout_s=timeout_s, raw=raw, waited_s=waited_s
+        )
 
     def ready(self) -> bool:
         return (

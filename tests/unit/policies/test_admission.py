@@ -87,15 +87,16 @@ def _capacity_snapshot(queue: int | None = 10, time: float = 10.0) -> Snapshot:
 
 
 def test_deadline_admits_when_predicted_completion_meets_deadline() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     predicted = 10.0 + 16 / 120 + 0.01
     d, state = p.decide(req(deadline=predicted + 1e-9), _capacity_snapshot(), None)
-    assert d == AdmissionDecision(True, promised_by=predicted + 1e-9)
+    # every replica busy: the wait is capacity's, so the prediction is reported back
+    assert d.admit and d.promised_by == pytest.approx(predicted)
     assert state == AdmissionState()
 
 
 def test_deadline_rejects_with_reason_and_overshoot_retry() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     predicted = 10.0 + 16 / 120 + 0.01
     d, _ = p.decide(req(deadline=10.14), _capacity_snapshot(), None)
     assert not d.admit
@@ -104,7 +105,7 @@ def test_deadline_rejects_with_reason_and_overshoot_retry() -> None:
 
 
 def test_deadline_capacity_uses_rate_when_capacity_unknown() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     snapshot = snap(rep("a", rate=10.0, outstanding=4), queue=0)
     # 4 / 10 + 0.01 = 0.41
     assert p.decide(req(deadline=10.41 + 1e-9), snapshot, None)[0].admit
@@ -112,7 +113,7 @@ def test_deadline_capacity_uses_rate_when_capacity_unknown() -> None:
 
 
 def test_deadline_now_is_the_later_of_snapshot_time_and_arrival() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     snapshot = snap(rep("a", capacity_rps=100.0), queue=0, time=9.0)
     assert p.decide(req(arrival=10.0, deadline=10.0105), snapshot, None)[0].admit
     assert not p.decide(req(arrival=10.0, deadline=10.0095), snapshot, None)[0].admit
@@ -121,14 +122,14 @@ def test_deadline_now_is_the_later_of_snapshot_time_and_arrival() -> None:
 
 
 def test_deadline_model_missing_from_snapshot_has_empty_queue() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     d, _ = p.decide(req(deadline=10.0 + 6 / 120 + 0.0101), _capacity_snapshot(queue=None), None)
     assert d.admit
 
 
 def test_deadline_service_is_fastest_replica_for_this_request() -> None:
     tables = {("fp32-eager", "cpu"): flat(0.1), ("fp32-eager", "gpu"): flat(0.02)}
-    p = DeadlineAdmission(latencies=tables)
+    p = DeadlineAdmission(min_samples=0, latencies=tables)
     snapshot = snap(
         rep("a", capacity_rps=10.0), rep("g", node_type="gpu", capacity_rps=90.0), queue=0
     )
@@ -138,7 +139,7 @@ def test_deadline_service_is_fastest_replica_for_this_request() -> None:
 
 
 def test_deadline_service_falls_back_to_rate_then_capacity() -> None:
-    p = DeadlineAdmission()
+    p = DeadlineAdmission(min_samples=0)
     by_rate = snap(rep("a", rate=20.0, capacity_rps=40.0), queue=0)
     # capacity 40 items/s, service 2 / rate 20 = 0.1
     assert p.decide(req(items=2, deadline=10.1001), by_rate, None)[0].admit
@@ -148,7 +149,7 @@ def test_deadline_service_falls_back_to_rate_then_capacity() -> None:
 
 
 def test_deadline_ignores_replicas_that_are_not_ready() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     snapshot = snap(
         rep("a", capacity_rps=10.0, outstanding=1),
         rep("d", state=ReplicaState.DRAINING, capacity_rps=1000.0, outstanding=50),
@@ -161,13 +162,13 @@ def test_deadline_ignores_replicas_that_are_not_ready() -> None:
 
 
 def test_deadline_admits_when_capacity_is_starting() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     snapshot = snap(rep("s", state=ReplicaState.STARTING), queue=100)
     assert p.decide(req(deadline=10.0), snapshot, None)[0] == ADMIT  # no promise
 
 
 def test_deadline_rejects_no_capacity() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     snapshot = snap(rep("d", state=ReplicaState.DRAINING), rep("o", model="other"))
     d, _ = p.decide(req(), snapshot, None)
     assert d == AdmissionDecision(False, "no capacity", 1.0)
@@ -176,11 +177,13 @@ def test_deadline_rejects_no_capacity() -> None:
 
 
 def test_deadline_admits_when_capacity_or_service_unknown() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     unknown_capacity = snap(rep("a", outstanding=1000), queue=1000)
     assert p.decide(req(deadline=10.0001), unknown_capacity, None)[0] == ADMIT
     nothing_known = snap(rep("a", node_type="tpu", outstanding=1000), queue=1000)
-    assert DeadlineAdmission().decide(req(deadline=10.0), nothing_known, None)[0] == ADMIT
+    assert (
+        DeadlineAdmission(min_samples=0).decide(req(deadline=10.0), nothing_known, None)[0] == ADMIT
+    )
 
 
 def test_deadline_validates_parameters() -> None:
@@ -211,7 +214,7 @@ def _margin(m: float) -> AdmissionState:
 
 
 def test_margin_is_the_quantile_of_recent_overruns() -> None:
-    p = DeadlineAdmission(latencies=TABLES, quantile=0.9, window=10)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES, quantile=0.9, window=10)
     overruns = tuple(float(i) / 100 for i in range(10))  # 0.00 .. 0.09
     _, state = p.decide(req(deadline=100.0), _one_replica(overruns=overruns), None)
     # nearest rank: the ceil(0.9 × 10) = 9th smallest
@@ -229,7 +232,7 @@ def test_margin_is_the_quantile_of_recent_overruns() -> None:
 
 
 def test_margins_are_per_tenant() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     flood = _one_replica(queue=30, overruns=(0.3,) * 3, tenant="a")
     d, state = p.decide(req(tenant="b", deadline=10.5), flood, None)
     # a's overruns moved a's margin only: b's request fits (10.31 ≤ 10.5), a's does not
@@ -241,7 +244,7 @@ def test_margins_are_per_tenant() -> None:
 
 def test_margin_window_stays_sorted_whatever_the_chunks() -> None:
     rng = random.Random(7)
-    p = DeadlineAdmission(window=16, quantile=0.75)
+    p = DeadlineAdmission(min_samples=0, window=16, quantile=0.75)
     state: AdmissionState | None = None
     stream: list[float] = []
     for _ in range(200):
@@ -257,24 +260,24 @@ def test_margin_window_stays_sorted_whatever_the_chunks() -> None:
 
 
 def test_margin_moves_the_target_and_is_reported() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     state = _margin(0.2)
     # predicted = 10 + 30 / 100 + 0.01 = 10.31; target = deadline − 0.2
     d, _ = p.decide(req(deadline=10.52), _one_replica(queue=30), state)
-    assert d.admit and d.promised_by == pytest.approx(10.32)
+    assert d.admit and d.promised_by is None  # the replica is free: nothing to learn
     d, _ = p.decide(req(deadline=10.50), _one_replica(queue=30), state)
     assert not d.admit and "0.200 s margin" in d.reason
     assert d.retry_after_s == pytest.approx(10.31 - 10.30)
     # without the margin the same request fits
     assert (
-        DeadlineAdmission(latencies=TABLES)
+        DeadlineAdmission(min_samples=0, latencies=TABLES)
         .decide(req(deadline=10.50), _one_replica(queue=30), None)[0]
         .admit
     )
 
 
 def test_margin_falls_to_zero_when_requests_finish_early() -> None:
-    p = DeadlineAdmission(latencies=TABLES, window=4)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES, window=4)
     _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(0.3,) * 4), None)
     assert state.of("default").margin == pytest.approx(0.3)
     _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(-0.2,) * 4), state)
@@ -282,19 +285,50 @@ def test_margin_falls_to_zero_when_requests_finish_early() -> None:
 
 
 def test_margin_is_capped_so_an_empty_queue_still_admits() -> None:
-    p = DeadlineAdmission(latencies=TABLES)  # max_margin_ratio 0.5
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)  # max_margin_ratio 0.5
     huge = _margin(5.0)
     # budget 1 s (arrival 10, deadline 11): margin capped at 0.5 s, 10.01 ≤ 10.5
     d, _ = p.decide(req(deadline=11.0), _one_replica(queue=0), huge)
-    assert d.admit and d.promised_by == pytest.approx(10.5)
+    assert d.admit
     assert p.decide(req(deadline=11.0), _one_replica(queue=20), huge)[0].admit  # 10.21
     assert not p.decide(req(deadline=11.0), _one_replica(queue=50), huge)[0].admit  # 10.51
-    strict = DeadlineAdmission(latencies=TABLES, max_margin_ratio=0.8)  # target 10.2
+    strict = DeadlineAdmission(min_samples=0, latencies=TABLES, max_margin_ratio=0.8)  # target 10.2
     assert not strict.decide(req(deadline=11.0), _one_replica(queue=20), huge)[0].admit
 
 
+def test_only_waits_for_busy_replicas_are_learned_from() -> None:
+    p = DeadlineAdmission(latencies=TABLES)
+    busy = Snapshot(
+        10.0,
+        (ModelView("m", 0.0, queue_length=30),),
+        (rep("a", capacity_rps=100.0, outstanding=2),),
+    )
+    d, _ = p.decide(req(deadline=11.0), busy, None)
+    # predicted = 10 + 32 / 100 + 0.01: promised_by is the bare prediction, not the target
+    assert d.admit and d.promised_by == pytest.approx(10.33)
+    one_free = Snapshot(
+        10.0,
+        (ModelView("m", 0.0, queue_length=30),),
+        (rep("a", capacity_rps=100.0, outstanding=2), rep("b", capacity_rps=100.0)),
+    )
+    d, _ = p.decide(req(deadline=11.0), one_free, None)
+    assert d.admit and d.promised_by is None
+
+
+def test_margin_is_the_cap_until_min_samples_errors() -> None:
+    p = DeadlineAdmission(latencies=TABLES, min_samples=3)  # max_margin_ratio 0.5
+    # budget 1 s → cap 0.5 s: 10 + 45 / 100 + 0.01 = 10.46 fits, 10.56 does not
+    assert p.decide(req(deadline=11.0), _one_replica(queue=45), None)[0].admit
+    d, state = p.decide(req(deadline=11.0), _one_replica(queue=55, overruns=(0.0, 0.0)), None)
+    assert not d.admit and "0.500 s margin" in d.reason  # 2 errors < 3: still the cap
+    d, state = p.decide(req(deadline=11.0), _one_replica(queue=55, overruns=(0.0,)), state)
+    assert d.admit  # 3 errors of 0: the learned margin, 0
+    with pytest.raises(CoscaleError, match="min_samples"):
+        DeadlineAdmission(min_samples=-1)
+
+
 def test_window_zero_turns_the_margin_off() -> None:
-    p = DeadlineAdmission(latencies=TABLES, window=0)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES, window=0)
     d, state = p.decide(req(deadline=10.3101), _one_replica(queue=30, overruns=(1.0,)), None)
     assert d.admit and state == AdmissionState()
 
@@ -346,7 +380,7 @@ def test_fair_ahead_matches_the_fair_queue_order() -> None:
 
 
 def test_deadline_admits_the_light_tenant_behind_a_flood() -> None:
-    p = DeadlineAdmission(latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     replicas = (rep("a", capacity_rps=100.0, outstanding=2),)
     view = _tenants(102, ("a", 100, 1.0), ("b", 2, 1.0))
     snapshot = Snapshot(10.0, (view,), replicas)

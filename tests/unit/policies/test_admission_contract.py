@@ -106,10 +106,10 @@ def test_overruns_and_tenant_queues_reach_the_policy_in_the_simulator() -> None:
     assert len(expected) > 1000
     assert [t for t, _ in sorted(seen)] == [t for t, _ in expected]
     assert np.allclose([o for _, o in sorted(seen)], [o for _, o in expected])
-    # the state folds what it was shown: per tenant, the newest 512, sorted alongside
+    # the state folds what it was shown: per tenant, the newest 2,048, sorted alongside
     state = recorder.calls[-1][3]
     for t in ("a", "b"):
-        mine = [o for u, o in seen if u == t][-512:]
+        mine = [o for u, o in seen if u == t][-2048:]
         assert state.of(t).overruns == tuple(mine)
         assert state.of(t).ordered == tuple(sorted(mine))
 
