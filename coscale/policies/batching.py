@@ -332,11 +332,20 @@ class SloAware:
     7. **Wait only when batching is needed and arrivals are likely.** With ``g`` the mean
        gap between arrivals (EWMA) and ``lat(1)`` the oldest request's latency alone,
        wait only if ``g`` is known (two arrivals seen), ``g ≤ wake_at − now`` (another
-       request is expected before the wake-up) and ``lat(1) / g ≥ busy_threshold``
-       (default 0.5: served one at a time the model would be busy at least half the
-       time, so batching buys throughput). Otherwise dispatch ``P`` now: at low load
-       waiting would only add latency — and in a closed loop it would feed itself, the
-       wait stretching the gaps it was meant to fill.
+       request is expected before the wake-up) and the *replica's* load served one at
+       a time is at least ``busy_threshold`` (default 0.5: it would be busy at least
+       half the time, so batching buys throughput). That load is ``utilization × rate
+       × lat(1)`` — the replica's measured busy share times its items per busy second
+       is the items it serves per second, each costing ``lat(1)`` alone — when the
+       replica has measured both (``utilization`` and ``rate`` > 0, after its first
+       control interval); before that, the model's ``lat(1) / g`` (all its arrivals on
+       this one replica; ``g ≤ 0`` counts as loaded). Per replica, because the model's
+       arrivals spread over all its replicas: judged by ``lat(1) / g`` alone, a model
+       with many lightly loaded replicas kept making each of them wait (the simulated
+       Figure 3's 10-task reference waited for batches that 50+ tasks did not).
+       Otherwise dispatch ``P`` now: at low load waiting would only add latency — and
+       in a closed loop it would feed itself, the wait stretching the gaps it was
+       meant to fill.
 
     So ``k ≥ 1`` whenever the decision is to dispatch, a batch is never sent knowing it
     misses a deadline it could have met, and batches grow only on slack and on traffic.
@@ -425,14 +434,19 @@ class SloAware:
             )
         if self.max_wait_s is not None:
             wake = min(wake, queue[0].arrival + self.max_wait_s)
-        if wake <= now or not self._worth_waiting(gap_s, wake - now, rows[0][0]):
+        if wake <= now or not self._worth_waiting(gap_s, wake - now, rows[0][0], replica):
             return BatchDecision(p)
         return BatchDecision(0, wake)
 
-    def _worth_waiting(self, gap_s: float | None, wait_s: float, lat_one: float) -> bool:
-        """Rule 7: an arrival is expected within the wait and the load needs batching."""
+    def _worth_waiting(
+        self, gap_s: float | None, wait_s: float, lat_one: float, replica: ReplicaView
+    ) -> bool:
+        """Rule 7: an arrival is expected within the wait and the replica's load needs
+        batching."""
         if gap_s is None or gap_s > wait_s:
             return False
+        if replica.utilization > 0 and replica.rate > 0:
+            return replica.utilization * replica.rate * lat_one >= self.busy_threshold
         return gap_s <= 0 or lat_one / gap_s >= self.busy_threshold
 
     def _late_run(self, now: float, queue: Sequence[Request], replica: ReplicaView, p: int) -> int:

@@ -379,6 +379,24 @@ def test_slo_aware_does_not_wait_when_one_at_a_time_keeps_up() -> None:
     assert d == BatchDecision(0, pytest.approx(0.05))
 
 
+def test_slo_aware_judges_the_load_per_replica_once_measured() -> None:
+    lone = [req(0, 0.0, 0.2)]
+    busy_model = ArrivalEstimate(-0.01, 0.01)  # the model: lat(1)/gap = 1.5, it would wait
+    # this replica: busy 20 % of the time at 100 items/s → 20 items/s × lat(1) 15 ms = 0.3
+    light = rep(utilization=0.2, rate=100.0)
+    assert slo().decide(0.0, lone, light, busy_model)[0] == BatchDecision(1)
+    # busy 40 % → 40 items/s × 15 ms = 0.6 ≥ 0.5: it waits
+    loaded = rep(utilization=0.4, rate=100.0)
+    assert slo().decide(0.0, lone, loaded, busy_model)[0] == BatchDecision(0, pytest.approx(0.05))
+    # a loaded replica still needs an arrival expected within the wait (gap 1 s > 50 ms)
+    assert slo().decide(0.0, lone, loaded, ArrivalEstimate(-1.0, 1.0))[0] == BatchDecision(1)
+    # not measured yet (no rate): the model's gap decides
+    unmeasured = rep(utilization=0.2)
+    assert slo().decide(0.0, lone, unmeasured, busy_model)[0] == BatchDecision(
+        0, pytest.approx(0.05)
+    )
+
+
 def test_observe_arrivals_folds_only_new_requests_into_the_gap_average() -> None:
     est = observe_arrivals(None, [req(0, 1.0, 9.0), req(1, 1.1, 9.0)])
     assert est == ArrivalEstimate(1.1, pytest.approx(0.1))
