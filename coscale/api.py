@@ -737,6 +737,7 @@ def create_app(
         from coscale.tenancy import AuthMiddleware
 
         app.add_middleware(AuthMiddleware, auth=auth, retry_after=retry_after_seconds)
+        auth.on_refused = serving.note_refused
         metrics_sources = [*metrics_sources, auth.render]
         tenant_of = tenant_of or auth.tenant_of
     app.add_middleware(CatchAllMiddleware, metrics=http_metrics)

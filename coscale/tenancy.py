@@ -117,7 +117,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 REALM = "coscale"
 
 _KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no whitespace
-_INFER_PATH = re.compile(r"^/v1/models/[^/]+/infer$")
+_INFER_PATH = re.compile(r"^/v1/models/(?P<model>[^/]+)/infer$")
 
 
 class MissingKey(CoscaleError):
@@ -356,6 +356,9 @@ class TenantAuth:
     limiter: TenantLimiter
     clock: Clock
     registry: Registry = field(default_factory=Registry)
+    #: called with (model, tenant) for each inference request refused by a rate limit
+    #: or quota: demand the model's admission policy counts (``ModelView.refused``)
+    on_refused: Callable[[str, str], None] | None = None
 
     def __post_init__(self) -> None:
         self.refused = self.registry.counter(
@@ -478,11 +481,13 @@ class AuthMiddleware:
             await self._unauthorized(send, token is not None)
             return
         if principal.tenant is not None:
-            inference = scope["method"] == "POST" and bool(_INFER_PATH.match(scope["path"]))
+            match = _INFER_PATH.match(scope["path"]) if scope["method"] == "POST" else None
             now = self.auth.clock.now()
-            refusal = self.auth.limiter.check(principal.tenant, now, inference=inference)
+            refusal = self.auth.limiter.check(principal.tenant, now, inference=bool(match))
             if refusal is not None:
                 self.auth.refused.inc(reason=refusal.code, tenant=principal.tenant)
+                if match is not None and self.auth.on_refused is not None:
+                    self.auth.on_refused(match["model"], principal.tenant)
                 headers = {}
                 if math.isfinite(refusal.retry_after_s):
                     headers["Retry-After"] = str(self.retry_after(refusal.retry_after_s))

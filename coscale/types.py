@@ -127,6 +127,10 @@ class ModelView:
     admission decision, ``(tenant, finish − promised_by)`` in seconds (see
     :class:`AdmissionDecision`), oldest first; executors keep the newest
     :data:`MAX_OVERRUNS` at most. Empty outside admission snapshots.
+    ``refused``: ``(tenant, items)`` of this model's requests refused before admission
+    (a tenant's rate limit or quota) since the previous admission decision — demand
+    that admission did not see; at most :data:`MAX_OVERRUNS`. Empty outside admission
+    snapshots.
     """
 
     name: str
@@ -137,6 +141,7 @@ class ModelView:
     p99_latency_s: float = 0.0
     tenant_queues: tuple[tuple[str, int, float], ...] = ()
     overruns: tuple[tuple[str, float], ...] = ()
+    refused: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,13 +207,15 @@ class AdmissionDecision:
     ``promised_by``: for an admitted request, the completion time (absolute) the policy
     predicted, when it wants to learn from it (None otherwise). Executors report each
     such request's ``finish − promised_by`` back in :attr:`ModelView.overruns` when it
-    completes, so the policy can learn from its own errors.
+    completes, so the policy can learn from its own errors. ``priority``: queue it
+    ahead of the requests admitted without (a tenant within its reserved share).
     """
 
     admit: bool
     reason: str = ""
     retry_after_s: float = 0.0
     promised_by: float | None = None
+    priority: bool = False
 
 
 @dataclass(frozen=True, slots=True)

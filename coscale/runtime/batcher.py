@@ -144,9 +144,10 @@ class Batcher:
         """Requests waiting (discarded ones not counted)."""
         return len(self.queue) - len(self._dead)
 
-    def push(self, request: Request) -> None:
-        """Queue an admitted request (FIFO or fairly between tenants)."""
-        self.queue.push(request)
+    def push(self, request: Request, priority: bool = False) -> None:
+        """Queue an admitted request (FIFO, or fairly between tenants: with ``priority``
+        ahead of the requests without, see :class:`~coscale.sim.queues.ModelQueue`)."""
+        self.queue.push(request, priority)
 
     def push_front(self, requests: Sequence[Request]) -> None:
         """Put requests back at the very front, in the given order (after a failure)."""

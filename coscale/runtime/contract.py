@@ -77,6 +77,11 @@ class Serving(Protocol):
         """
         ...
 
+    def note_refused(self, model: str, tenant: str) -> None:
+        """A request of ``tenant`` for ``model`` was refused before ``infer`` (its rate
+        limit or quota): admission counts it as that tenant's demand."""
+        ...
+
     def ready(self) -> bool:
         """True once every model has at least one READY replica (and not shutting down)."""
         ...

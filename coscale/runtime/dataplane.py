@@ -44,7 +44,11 @@ One request (:meth:`DataPlane.submit`)
    ``(tenant, finish − promised_by)`` of every admitted request completed since the
    previous decision (``ModelView.overruns``, at most ``MAX_OVERRUNS``, then cleared):
    the errors :class:`~coscale.policies.admission.DeadlineAdmission` learns its margin
-   from. The policy's state lives in the lane between decisions.
+   from, and the ``(tenant, items)`` of the requests refused before the data plane by a
+   tenant's rate limit or quota (``ModelView.refused``, from :meth:`DataPlane.note_refused`;
+   demand that the reserved shares count). The policy's state lives in the lane between
+   decisions. An admitted request with ``decision.priority`` is queued ahead of those
+   without (a tenant within its reserved share).
    Rejected → :class:`~coscale.runtime.contract.Overloaded` (429) with
    ``retry_after_s = max(decision.retry_after_s, MIN_RETRY_AFTER_S)``.
 5. **Queue and batch**: the model's :class:`~coscale.runtime.batcher.Batcher` (FIFO, or
@@ -395,6 +399,7 @@ class Lane:
         fair = setup.fair_queue
         self.tenants = tuple(fair.weights) if fair is not None else ()
         self.overruns: deque[tuple[str, float]] = deque(maxlen=MAX_OVERRUNS)
+        self.refused: deque[tuple[str, int]] = deque(maxlen=MAX_OVERRUNS)
         self.batcher = Batcher(
             setup.name,
             setup.batching,
@@ -448,6 +453,7 @@ class Lane:
             accuracy_floor=self.setup.accuracy_floor,
             tenant_queues=self.batcher.queue.tenant_queues(self.tenants),
             overruns=tuple(self.overruns),
+            refused=tuple(self.refused),
         )
         limit = self.setup.batch_limit
         replicas = tuple(_admission_view(r, now, limit) for r in self.replicas.values())
@@ -621,6 +627,7 @@ class DataPlane:
                 request, lane.admission_snapshot(now), lane.astate
             )
             lane.overruns.clear()
+            lane.refused.clear()
         if not decision.admit:
             self._reject(lane, request, "overloaded")
             retry = max(decision.retry_after_s, MIN_RETRY_AFTER_S)
@@ -637,9 +644,17 @@ class DataPlane:
         )
         lane.pending[request.id] = pending
         pending.timer = self.call_at(pending.expires, lambda: self._expire(lane, pending))
-        lane.batcher.push(request)
+        lane.batcher.push(request, decision.priority)
         lane.batcher.poke()
         return await asyncio.shield(future)
+
+    def note_refused(self, model: str, tenant: str, items: int = 1) -> None:
+        """A request of ``tenant`` for ``model`` was refused before reaching the data
+        plane (its rate limit or quota): demand that admission reads in its next
+        snapshot (``ModelView.refused``). An unknown model is ignored."""
+        lane = self.lanes.get(model)
+        if lane is not None:
+            lane.refused.append((tenant, items))
 
     def _reject(self, lane: Lane, request: Request, code: str) -> None:
         self.telemetry.record(

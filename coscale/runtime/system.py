@@ -338,6 +338,9 @@ class ServingSystem:
             model, items, tenant=tenant, timeout_s=timeout_s, raw=raw, waited_s=waited_s
         )
 
+    def note_refused(self, model: str, tenant: str) -> None:
+        self.plane.note_refused(model, tenant)
+
     def ready(self) -> bool:
         return (
             self.started

@@ -766,6 +766,7 @@ class ClusterSimulator:
             1,
             self._seq_of[rid],
         )
+        priority = False
         if not m.admit_all:
             view = self._admission_view(m, now)
             if self._audit and m.aggregate:
@@ -774,6 +775,7 @@ class ClusterSimulator:
             m.overruns.clear()
             if decision.admit and decision.promised_by is not None:
                 m.promised[rid] = decision.promised_by
+            priority = decision.priority
             if not decision.admit:
                 self._finish[rid] = now
                 self._outcome[rid] = _REJECTED
@@ -782,7 +784,7 @@ class ClusterSimulator:
                     self._check_done()
                 return
         self._open += 1
-        m.queue.push(request)
+        m.queue.push(request, priority)
         self._queued[rid] = True
         if m.n_idle:
             self._dispatch(m)

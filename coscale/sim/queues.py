@@ -15,7 +15,9 @@ they will be dispatched:
    :class:`~coscale.policies.admission.WeightedFairQueue` (the policy object supplies
    the weights): on push at virtual time ``v``, ``start = max(v, F_t)`` and ``finish =
    start + items / w_t`` with ``F_t`` the tenant's previous finish tag; the next request is
-   the smallest ``(start, push order)``; after a pop ``v`` = its start tag, or the largest
+   the tenants' oldest with the smallest ``(class, start, push order)`` — class 0 for a
+   request pushed with ``priority`` (admission's reserved share), else 1; after a pop
+   ``v`` = its start tag, or the largest
    finish tag served when the queue is now empty. A tenant's tags grow with its pushes, so
    each tenant is a FIFO and the global order is a k-way merge of the tenants' heads (a
    heap): push and pop are O(log T) for T backlogged tenants instead of the policy's O(T)
@@ -65,8 +67,8 @@ class ModelQueue:
         self._fifo: list[Request] = []
         self._head = 0
         # WFQ state
-        self._tenants: dict[str, deque[tuple[float, int, Request, float]]] = {}
-        self._heads: list[tuple[float, int, str]] = []
+        self._tenants: dict[str, deque[tuple[int, float, int, Request, float]]] = {}
+        self._heads: list[tuple[int, float, int, str]] = []
         self._last_finish: dict[str, float] = {}
         self._virtual = 0.0
         self._max_finish = 0.0
@@ -86,8 +88,9 @@ class ModelQueue:
 
     # -- pushing ----------------------------------------------------------------------
 
-    def push(self, request: Request) -> None:
-        """Append an admitted request (FIFO) or tag it and queue it fairly (WFQ)."""
+    def push(self, request: Request, priority: bool = False) -> None:
+        """Append an admitted request (FIFO) or tag it and queue it fairly (WFQ; with
+        ``priority``, in class 0)."""
         self._size += 1
         weight = self._weight
         if weight is None:
@@ -102,9 +105,10 @@ class ModelQueue:
         tq = self._tenants.get(tenant)
         if tq is None:
             tq = self._tenants[tenant] = deque()
+        cls = 0 if priority else 1
         if not tq:
-            heapq.heappush(self._heads, (start, seq, tenant))
-        tq.append((start, seq, request, finish))
+            heapq.heappush(self._heads, (cls, start, seq, tenant))
+        tq.append((cls, start, seq, request, finish))
 
     def push_front(self, requests: Sequence[Request]) -> None:
         """Put ``requests`` back at the very front, in the given order."""
@@ -140,12 +144,12 @@ class ModelQueue:
             self._head = 0
 
     def _pop_fair(self) -> Request:
-        start, _, tenant = heapq.heappop(self._heads)
+        _, start, _, tenant = heapq.heappop(self._heads)
         tq = self._tenants[tenant]
-        _, _, request, finish = tq.popleft()
+        _, _, _, request, finish = tq.popleft()
         if tq:
-            nstart, nseq, _, _ = tq[0]
-            heapq.heappush(self._heads, (nstart, nseq, tenant))
+            ncls, nstart, nseq, _, _ = tq[0]
+            heapq.heappush(self._heads, (ncls, nstart, nseq, tenant))
         self._max_finish = max(self._max_finish, finish)
         self._size -= 1
         self._virtual = start if self._size else self._max_finish
@@ -167,15 +171,15 @@ class ModelQueue:
         pos: dict[str, int] = {}
         tenants = self._tenants
         while heads and need > 0:
-            _, _, tenant = heapq.heappop(heads)
+            *_, tenant = heapq.heappop(heads)
             i = pos.get(tenant, 0)
             tq = tenants[tenant]
-            out.append(tq[i][2])
+            out.append(tq[i][3])
             need -= 1
             pos[tenant] = i + 1
             if i + 1 < len(tq):
-                nstart, nseq, _, _ = tq[i + 1]
-                heapq.heappush(heads, (nstart, nseq, tenant))
+                ncls, nstart, nseq, _, _ = tq[i + 1]
+                heapq.heappush(heads, (ncls, nstart, nseq, tenant))
         return out
 
     def iter_fifo(self) -> Iterator[Request]:
@@ -187,7 +191,7 @@ class ModelQueue:
             return
         for tq in self._tenants.values():
             for entry in tq:
-                yield entry[2]
+                yield entry[3]
 
     def view(self) -> QueueView:
         """A fresh read-only ``Sequence`` of the queue in dispatch order."""

@@ -350,3 +350,22 @@ def test_limits_are_checked_before_the_body_is_read(api: Api, clock: ManualClock
 def test_no_auth_refusal_without_a_key_even_when_rate_limited(api: Api) -> None:
     resp = api("GET", "/v1/stats", headers={"Authorization": "Bearer " + "z" * 40})
     assert_error(resp, 401, "unauthorized")
+
+
+def test_an_inference_refused_by_a_limit_reaches_admission_as_demand(
+    api: Api, clock: ManualClock, system: ServingSystem
+) -> None:
+    """A rate-limited inference request is reported to the model's lane (the data plane
+    hands it to admission as ``ModelView.refused``); a refused read of another route is
+    not, nor is a request for a model that does not exist."""
+    lane = system.plane.lanes["digits"]
+    lane.refused.clear()
+    clock.advance(100)
+    body = {"inputs": [[0.0] * 64]}
+    for _ in range(3):  # burst 2: the third is refused
+        api("POST", "/v1/models/digits/infer", key=KEYS["carol"], json=body)
+    api("GET", "/v1/models", key=KEYS["carol"])
+    api("POST", "/v1/models/nope/infer", key=KEYS["carol"], json=body)
+    assert list(lane.refused) == [("carol", 1)]
+    now = system.plane.clock.now()
+    assert lane.admission_snapshot(now).models[0].refused == (("carol", 1),)

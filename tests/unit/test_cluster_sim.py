@@ -551,8 +551,9 @@ def test_fair_queue_order_is_the_policy_order() -> None:
     for i in range(3000):
         if rng.random() < 0.55:
             req = Request(i, "m", 0.0, 1.0, rng.choice("abc"), rng.randint(1, 3))
-            mine.push(req)
-            state = policy.push(state, req)
+            first = rng.random() < 0.3  # admitted within a reserved share
+            mine.push(req, first)
+            state = policy.push(state, req, first)
         else:
             peeked = [r.id for r in mine.view()[:4]]
             got = mine.take(1)

@@ -16,7 +16,10 @@ from coscale.policies.admission import (
     FairQueueState,
     MarginState,
     WeightedFairQueue,
+    demand_rates,
     fair_ahead,
+    fold_demand,
+    within_share,
 )
 from coscale.types import (
     AdmissionDecision,
@@ -380,7 +383,7 @@ def test_fair_ahead_matches_the_fair_queue_order() -> None:
 
 
 def test_deadline_admits_the_light_tenant_behind_a_flood() -> None:
-    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES, reserve_headroom=None)
     replicas = (rep("a", capacity_rps=100.0, outstanding=2),)
     view = _tenants(102, ("a", 100, 1.0), ("b", 2, 1.0))
     snapshot = Snapshot(10.0, (view,), replicas)
@@ -530,3 +533,120 @@ def test_wfq_flooding_tenant_does_not_delay_the_other_beyond_its_share() -> None
     assert len(fair["a"]) == 20
     # first-come-first-served lets A's backlog delay B without bound
     assert len(fifo["b"]) < 10 and max(fifo["b"]) > 5.0
+
+
+# ------------------------------------------------------------------- reserved shares
+
+
+def test_fold_demand_is_a_decayed_rate_per_tenant() -> None:
+    demand: tuple[tuple[str, float, float], ...] = ()
+    # 20 items/s for 60 s (one item every 50 ms), τ = 10 s: the rate converges to 20
+    for k in range(1200):
+        demand = fold_demand(demand, (("a", 1),), k * 0.05, 10.0)
+    rates = demand_rates(demand, 60.0, 10.0)
+    assert rates["a"] == pytest.approx(20.0, rel=0.01)
+    # silent for τ: decayed by e
+    assert demand_rates(demand, 70.0, 10.0)["a"] == pytest.approx(rates["a"] / math.e, rel=0.01)
+    # several at once, another tenant; sorted by tenant; nothing new → the same tuple
+    demand = fold_demand(demand, (("b", 3), ("a", 1), ("b", 1)), 60.0, 10.0)
+    assert [t for t, _, _ in demand] == ["a", "b"]
+    assert demand_rates(demand, 60.0, 10.0)["b"] == pytest.approx(0.4)
+    assert fold_demand(demand, (), 99.0, 10.0) is demand
+
+
+def test_within_share_is_max_min_fair_with_headroom() -> None:
+    # capacity 100, equal weights: b at its share (50), a floods → level 50; b within
+    assert within_share({"a": 250.0, "b": 50.0}, {}, 100.0, 0.25) == {"b"}
+    # b a little over its share still within the headroom (62.5), beyond it not
+    assert within_share({"a": 250.0, "b": 60.0}, {}, 100.0, 0.25) == {"b"}
+    assert within_share({"a": 250.0, "b": 70.0}, {}, 100.0, 0.25) == frozenset()
+    # no contention (Σ d ≤ capacity): everyone is within
+    assert within_share({"a": 60.0, "b": 30.0}, {}, 100.0, 0.0) == {"a", "b"}
+    # water-filling: c's small demand leaves its share to the others (level 45)
+    assert within_share({"a": 250.0, "b": 45.0, "c": 10.0}, {}, 100.0, 0.0) == {"b", "c"}
+    # weights: b (weight 3) is entitled to 75 of 100
+    assert within_share({"a": 250.0, "b": 70.0}, {"b": 3.0}, 100.0, 0.0) == {"b"}
+    # a weighted tenant without demand is within (and leaves its share)
+    assert within_share({"a": 250.0}, {"a": 1.0, "b": 1.0}, 100.0, 0.0) == {"b"}
+
+
+def test_fair_ahead_counts_each_tenant_in_its_class() -> None:
+    view = _tenants(45, ("a", 40, 1.0), ("b", 2, 1.0), ("c", 0, 1.0))
+    # b served first: ahead = 3 retries + its own 2 + c's share (0); a's backlog is not
+    assert fair_ahead(view, "b", frozenset({"b", "c"})) == 5
+    # a behind the first class: 3 + its own 40 + every request of b and c
+    assert fair_ahead(view, "a", frozenset({"b", "c"})) == 45
+    # nobody first: the plain formula
+    assert fair_ahead(view, "b", frozenset()) == fair_ahead(view, "b")
+
+
+def _flooded(refused: tuple[tuple[str, int], ...] = ()) -> Snapshot:
+    view = ModelView(
+        "m",
+        arrival_rate=0.0,
+        queue_length=60,
+        tenant_queues=(("a", 58, 1.0), ("b", 2, 1.0)),
+        refused=refused,
+    )
+    return Snapshot(10.0, (view,), (rep("a", capacity_rps=100.0, outstanding=2),))
+
+
+def _demand(**rates: float) -> AdmissionState:
+    return AdmissionState(demand=tuple((t, r, 10.0) for t, r in sorted(rates.items())))
+
+
+def test_a_tenant_within_its_share_is_admitted_with_priority() -> None:
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
+    state = _demand(a=250.0, b=50.0)
+    d, new = p.decide(req(tenant="b", deadline=10.5), _flooded(), state)
+    # b first: ahead = its own 2 + 2 outstanding → 10.05 ≤ 10.5
+    assert d.admit and d.priority
+    d, _ = p.decide(req(tenant="a", deadline=10.5), _flooded(), new)
+    # a: over its share, behind everything: 58 + 2 + 2 → 10.63 > 10.5
+    assert not d.admit and "62 requests ahead" in d.reason
+    # each decision counts its request as demand (1 item / τ)
+    assert dict((t, r) for t, r, _ in new.demand)["b"] == pytest.approx(50.1)
+
+
+def test_requests_refused_before_admission_count_as_demand() -> None:
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
+    # both at 45 items/s: no contention, both first; 700 refused requests of b (70/s
+    # over τ = 10 s) put b over its share (level 50 · 1.25)
+    state = _demand(a=45.0, b=45.0)
+    assert p.decide(req(tenant="b", deadline=20.0), _flooded(), state)[0].priority
+    d, _ = p.decide(req(tenant="b", deadline=20.0), _flooded((("b", 1),) * 700), state)
+    assert d.admit and not d.priority
+
+
+def test_reserve_off_or_fifo_queue_gives_no_priority() -> None:
+    state = _demand(a=250.0, b=50.0)
+    off = DeadlineAdmission(min_samples=0, latencies=TABLES, reserve_headroom=None)
+    d, same = off.decide(req(tenant="b", deadline=20.0), _flooded(), state)
+    assert d.admit and not d.priority and same.demand == state.demand
+    fifo = _one_replica(queue=0)
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
+    d, st = p.decide(req(tenant="b", deadline=20.0), fifo, None)
+    assert d.admit and not d.priority and st.demand == ()
+    for bad in ({"reserve_headroom": -0.1}, {"demand_tau_s": 0.0}):
+        with pytest.raises(CoscaleError, match="reserve_headroom"):
+            DeadlineAdmission(**bad)
+
+
+def test_the_fair_queue_serves_priority_requests_first_each_tenant_in_order() -> None:
+    wfq = WeightedFairQueue()
+    state = None
+    for i in range(4):
+        state = wfq.push(state, req(i, tenant="a"))
+    state = wfq.push(state, req(10, tenant="b"))  # b's older request, no priority
+    state = wfq.push(state, req(11, tenant="b"), priority=True)
+    state = wfq.push(state, req(20, tenant="c"), priority=True)
+    order = []
+    while (got := wfq.pop(state))[0] is not None:
+        request, state = got
+        assert request is not None
+        order.append(request.id)
+    # c's priority request first; b's priority request waits behind b's own older one,
+    # which competes by start tag with a's (ties to the earlier push)
+    assert order[0] == 20
+    assert order.index(10) < order.index(11)
+    assert sorted(order) == [0, 1, 2, 3, 10, 11, 20]
