@@ -247,7 +247,11 @@ class DeadlineAdmission:
     request refused before it (a tenant's rate limit or quota, ``ModelView.refused``),
     as a rate per tenant decayed over ``demand_tau_s`` (default 10 s,
     :func:`fold_demand`); within share: :func:`within_share` over those rates, the
-    weights of ``tenant_queues`` and ``capacity``, with ``reserve_headroom``. "Ahead"
+    weights of ``tenant_queues`` and the *gross* capacity ``Σ_{i∈R} max(c_i,
+    rate_i)`` — the replicas' speed while busy, not what they net after the server's
+    overhead: a flood's cost to the server (parsing and refusing its requests cut a
+    MiniLM replica's net rate by a fifth) is charged to the flooder, not to the tenants
+    within their shares — with ``reserve_headroom``. "Ahead"
     then counts each tenant's waiting requests in its class (:func:`fair_ahead`).
     The headroom bounds what the reserve can cost an over-share tenant: the others
     may take up to ``1 + headroom`` times their shares before it. With a FIFO queue
@@ -377,7 +381,8 @@ class DeadlineAdmission:
         ]
         if capacity <= 0 or not services:
             return ADMIT, state
-        first = self._within_share(view, state, capacity, now) if fair else None
+        gross = sum(max(r.capacity_rps, r.rate) for r in ready)
+        first = self._within_share(view, state, gross, now) if fair else None
         priority = first is not None and request.tenant in first
         queued = fair_ahead(view, request.tenant, first) if view is not None else 0.0
         ahead = queued + sum(r.outstanding for r in ready)

@@ -210,19 +210,9 @@ class Batcher:
         self.queue.drop_dead_head(self._dead)
 
     def _take(self, k: int) -> list[Request]:
-        """The next ``k`` live requests, capped at ``max_batch`` items (≥ 1 request)."""
-        taken = self.queue.take(k)
-        if self._dead:
-            live = [r for r in taken if r.id not in self._dead]
-            self._dead.difference_update(r.id for r in taken)
-            taken = live
-        items = 0
-        for i, r in enumerate(taken):
-            items += r.items
-            if items > self.max_batch and i > 0:
-                self.queue.push_front(taken[i:])
-                return taken[:i]
-        return taken
+        """The next ``k`` live requests, capped at ``max_batch`` items (≥ 1 request;
+        :meth:`~coscale.sim.queues.ModelQueue.take_batch`)."""
+        return self.queue.take_batch(k, self.max_batch, self._dead)
 
     def _wake(self, when: float) -> None:
         now = self.clock.now()

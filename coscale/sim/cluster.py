@@ -948,22 +948,9 @@ class ClusterSimulator:
 
     def _take(self, m: _Model, k: int) -> list[Request]:
         """The next ``k`` queued requests (timed-out ones skipped), capped at the model's
-        ``max_batch`` items (at least one request); they leave the queue."""
-        requests = m.queue.take(k)
-        if m.dead:
-            dead = m.dead
-            live = [r for r in requests if r.id not in dead]
-            dead.difference_update(r.id for r in requests)
-            requests = live
-        limit = m.setup.max_batch
-        if len(requests) > 1:
-            items = 0
-            for i, r in enumerate(requests):
-                items += r.items
-                if items > limit and i > 0:
-                    m.queue.push_front(requests[i:])
-                    requests = requests[:i]
-                    break
+        ``max_batch`` items (at least one request); they leave the queue
+        (:meth:`ModelQueue.take_batch`)."""
+        requests = m.queue.take_batch(k, m.setup.max_batch, m.dead)
         queued = self._queued
         for r in requests:
             queued[r.id] = False

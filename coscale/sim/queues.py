@@ -137,6 +137,48 @@ class ModelQueue:
             out.append(self._pop_fair())
         return out
 
+    def take_batch(self, k: int, max_items: int, dead: set[int]) -> list[Request]:
+        """Remove and return the next at most ``k`` requests whose items sum to at most
+        ``max_items`` (at least one request when any is live), skipping — and forgetting
+        in ``dead`` — the timed-out ones on the way. Requests past the cap stay where
+        they are: taking them and putting them back at the front would move them out of
+        the fair queue (ahead of later priority requests and of other tenants' turns).
+        O(k log T)."""
+        out: list[Request] = []
+        items = 0
+        while len(out) < k and self:
+            head = self._head_request()
+            if head.id in dead:
+                self._pop_one()
+                dead.discard(head.id)
+                continue
+            if out and items + head.items > max_items:
+                break
+            self._pop_one()
+            out.append(head)
+            items += head.items
+        self._compact()
+        return out
+
+    def _head_request(self) -> Request:
+        """The next request (the queue is not empty). O(1)."""
+        if self._front:
+            return self._front[0]
+        if self._weight is None:
+            return self._fifo[self._head]
+        tenant = self._heads[0][3]
+        return self._tenants[tenant][0][3]
+
+    def _pop_one(self) -> None:
+        """Remove the next request (the queue is not empty). O(log T)."""
+        if self._front:
+            self._front.popleft()
+        elif self._weight is None:
+            self._head += 1
+            self._size -= 1
+        else:
+            self._pop_fair()
+
     def _compact(self) -> None:
         head = self._head
         if head >= _COMPACT_MIN and head * 2 >= len(self._fifo):

@@ -565,6 +565,32 @@ def test_fair_queue_order_is_the_policy_order() -> None:
     assert len(served_mine) > 1000
 
 
+def test_take_batch_caps_items_skips_the_dead_and_leaves_the_rest_in_place() -> None:
+    policy = WeightedFairQueue()
+    queue = ModelQueue(policy.weight)
+    for i in range(6):
+        queue.push(Request(i, "m", 0.0, 1.0, "a"))
+    queue.push(Request(10, "m", 0.0, 1.0, "b", 3))
+    dead = {0, 99}
+    # a0 is dead (skipped and forgotten); b10 ties it on the start tag and goes next,
+    # alone: a1 would pass the 3-item cap
+    assert [r.id for r in queue.take_batch(32, 3, dead)] == [10] and dead == {99}
+    # then three of a's (the cap); nothing went to the front
+    assert [r.id for r in queue.take_batch(32, 3, dead)] == [1, 2, 3]
+    assert queue.tenant_queues() == (("a", 2, 1.0),)
+    # a priority request pushed now is served before a's waiting ones
+    queue.push(Request(20, "m", 0.0, 1.0, "b"), True)
+    assert [r.id for r in queue.take_batch(2, 8, dead)] == [20, 4]
+    # a request larger than the cap still goes (at least one); k bounds the count
+    queue.push(Request(30, "m", 0.0, 1.0, "b", 9), True)
+    assert [r.id for r in queue.take_batch(5, 4, dead)] == [30]
+    fifo = ModelQueue()
+    for i in range(4):
+        fifo.push(Request(i, "m", 0.0, 1.0, "x", 2))
+    assert [r.id for r in fifo.take_batch(8, 5, set())] == [0, 1]
+    assert len(fifo) == 2
+
+
 def test_aggregated_admission_view_gives_the_same_decision() -> None:
     rng = random.Random(11)
     options = [_option(v, n) for v in (FP32, INT8) for n in ("c7a.large", "g5.xlarge")]
