@@ -17,6 +17,9 @@ from coscale.errors import CoscaleError
 from coscale.policies.variant import LatencyMap, predicted_service_s
 from coscale.types import AdmissionDecision, ModelView, ReplicaState, Request, Snapshot
 
+#: The least share of the capacity that admission expects a tenant outside the first
+#: class (over its reserved share) to get while it waits.
+MIN_LEFT_SHARE = 0.1
 #: Retry hint, in seconds, when a model has no replica serving or starting.
 NO_CAPACITY_RETRY_S = 1.0
 
@@ -245,14 +248,18 @@ class DeadlineAdmission:
     in the long run still at least its share, since the others use no more than
     theirs. Demand: every request that reaches this policy, admitted or not, and every
     request refused before it (a tenant's rate limit or quota, ``ModelView.refused``),
-    as a rate per tenant decayed over ``demand_tau_s`` (default 10 s,
-    :func:`fold_demand`); within share: :func:`within_share` over those rates, the
+    as a rate per tenant decayed over ``demand_tau_s`` (default 3 s: a flood is
+    recognized within a few seconds, and a tenant at 60 req/s is estimated within
+    about 7 %, :func:`fold_demand`); within share: :func:`within_share` over those rates, the
     weights of ``tenant_queues`` and the *gross* capacity ``Σ_{i∈R} max(c_i,
     rate_i)`` — the replicas' speed while busy, not what they net after the server's
     overhead: a flood's cost to the server (parsing and refusing its requests cut a
     MiniLM replica's net rate by a fifth) is charged to the flooder, not to the tenants
-    within their shares — with ``reserve_headroom``. "Ahead"
-    then counts each tenant's waiting requests in its class (:func:`fair_ahead`).
+    within their shares — with ``reserve_headroom``. "Ahead" then counts each tenant's
+    waiting requests in its class (:func:`fair_ahead`), and a request outside the
+    first class is also overtaken by the first class's *future* arrivals while it
+    waits: its wait is predicted at ``capacity − Σ_{t first} d_t`` (at least
+    :data:`MIN_LEFT_SHARE` of ``capacity``), not at ``capacity``.
     The headroom bounds what the reserve can cost an over-share tenant: the others
     may take up to ``1 + headroom`` times their shares before it. With a FIFO queue
     (one tenant) there is nothing to reserve: no ``priority``.
@@ -273,7 +280,7 @@ class DeadlineAdmission:
     min_samples: int = 64
     max_margin_ratio: float = 0.5
     reserve_headroom: float | None = 0.25
-    demand_tau_s: float = 10.0
+    demand_tau_s: float = 3.0
 
     def __post_init__(self) -> None:
         if self.no_capacity_retry_s < 0:
@@ -296,7 +303,7 @@ class DeadlineAdmission:
             raise CoscaleError(
                 f"deadline: reserve_headroom={self.reserve_headroom} must be >= 0 (or null) "
                 f"and demand_tau_s={self.demand_tau_s} > 0",
-                fix="use reserve_headroom 0.25 (null: no reserved shares) and demand_tau_s 10",
+                fix="use reserve_headroom 0.25 (null: no reserved shares) and demand_tau_s 3",
                 code="invalid_policy_params",
             )
         if not 0.0 <= self.max_margin_ratio < 1.0:
@@ -339,12 +346,11 @@ class DeadlineAdmission:
         return MarginState(kept, tuple(ordered), margin)
 
     def _within_share(
-        self, view: ModelView | None, state: AdmissionState, capacity: float, now: float
+        self, view: ModelView | None, rates: Mapping[str, float], capacity: float
     ) -> frozenset[str]:
         """The tenants served first (class docstring, "Reserved shares")."""
         assert view is not None and self.reserve_headroom is not None
         weights = {t: w for t, _, w in view.tenant_queues}
-        rates = demand_rates(state.demand, now, self.demand_tau_s)
         return within_share(rates, weights, capacity, self.reserve_headroom)
 
     def _margin(self, tenant: MarginState) -> float:
@@ -381,12 +387,19 @@ class DeadlineAdmission:
         ]
         if capacity <= 0 or not services:
             return ADMIT, state
-        gross = sum(max(r.capacity_rps, r.rate) for r in ready)
-        first = self._within_share(view, state, gross, now) if fair else None
+        first: frozenset[str] | None = None
+        speed = capacity
+        if fair:
+            rates = demand_rates(state.demand, now, self.demand_tau_s)
+            gross = sum(max(r.capacity_rps, r.rate) for r in ready)
+            first = self._within_share(view, rates, gross)
+            if request.tenant not in first:
+                taken = sum(rates.get(t, 0.0) for t in first)
+                speed = max(MIN_LEFT_SHARE * capacity, capacity - taken)
         priority = first is not None and request.tenant in first
         queued = fair_ahead(view, request.tenant, first) if view is not None else 0.0
         ahead = queued + sum(r.outstanding for r in ready)
-        predicted = now + ahead / capacity + min(services)
+        predicted = now + ahead / speed + min(services)
         cap = self.max_margin_ratio * max(0.0, request.deadline - request.arrival)
         margin = min(self._margin(state.of(request.tenant)), cap)
         target = request.deadline - margin
@@ -397,7 +410,7 @@ class DeadlineAdmission:
         late = predicted - target
         reason = (
             f"predicted completion in {predicted - now:.3f} s ({ahead:.0f} requests ahead at "
-            f"{capacity:.1f} items/s) misses the deadline by {late:.3f} s"
+            f"{speed:.1f} items/s) misses the deadline by {late:.3f} s"
             + (f" (with a {margin:.3f} s margin)" if margin > 0 else "")
         )
         return AdmissionDecision(False, reason, late), state

@@ -602,10 +602,11 @@ def test_a_tenant_within_its_share_is_admitted_with_priority() -> None:
     # b first: ahead = its own 2 + 2 outstanding → 10.05 ≤ 10.5
     assert d.admit and d.priority
     d, _ = p.decide(req(tenant="a", deadline=10.5), _flooded(), new)
-    # a: over its share, behind everything: 58 + 2 + 2 → 10.63 > 10.5
-    assert not d.admit and "62 requests ahead" in d.reason
-    # each decision counts its request as demand (1 item / τ)
-    assert dict((t, r) for t, r, _ in new.demand)["b"] == pytest.approx(50.1)
+    # a: over its share, behind everything (58 + 2 + 2), and overtaken by b's arrivals
+    # while it waits: served at 100 − b's 50.33 items/s → 10 + 62 / 49.67 > 10.5
+    assert not d.admit and "62 requests ahead at 49.7 items/s" in d.reason
+    # each decision counts its request as demand (1 item / τ = 3 s)
+    assert dict((t, r) for t, r, _ in new.demand)["b"] == pytest.approx(50 + 1 / 3)
 
 
 def test_requests_refused_before_admission_count_as_demand() -> None:
