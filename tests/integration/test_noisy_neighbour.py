@@ -6,13 +6,12 @@ share while tenant B sends its share, for 15 s: nothing is lost for either, no r
 is refused for its key, A is held back by its rate limit (429s), and B is served.
 B alone at its share is measured first (5 s), for comparison.
 
-Not checked here: the issue's "B's p99 stays within its SLO". Admission no longer
-counts A's backlog against B (only what fair queueing serves before B's request), and
-each tenant's margin is learned from its own overruns; on the busy 2-core machine B's
-p99 was 0.6–0.8 s with A flooding (1.5–2.0 s before), but B at exactly its share is
-critically loaded in its fair share and the load generator, the HTTP front end and the
-worker share the cores with other jobs, so the figure varies from run to run (see
-docs/benchmarks.md). The benchmark checks it and reports the figure.
+Not checked here: the issue's "B's p99 stays within its SLO". B, within its reserved
+share, is served ahead of A (``DeadlineAdmission``'s reserved shares); the 60-s
+benchmark meets the criterion on a quiet machine (B p99 263 ms, 99.94 % served), but in
+15 s the first seconds of the flood — before the demand estimate (τ = 3 s) has seen it —
+weigh too much (B p99 531 ms, 96 % served, measured), and CI machines share their
+cores. The benchmark checks it and reports the figure (see docs/benchmarks.md).
 
 Also: ``coscale load --key-env`` sends the tenant's key (every request 200), and a
 missing key variable is refused with exit 2.
