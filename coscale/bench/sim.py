@@ -282,15 +282,20 @@ def server_telemetry(before: str, after: str, model: str) -> dict[str, float]:
 
 def replacement_startup_s(run: Mapping[str, Any]) -> float | None:
     """Seconds from the worker kill to its replacement READY, read from the run's time
-    series (samples every :data:`coscale.bench.live.SAMPLE_S` s): the first sample whose
-    READY count is below the one before it (the kill seen), to the first later sample
-    back at that count. None without a kill, a series, or a replacement within it."""
+    series (samples every :data:`coscale.bench.live.SAMPLE_S` s): the first sample at or
+    after the kill (``run["killed"]["at_s"]``) whose READY count is below the one before
+    it (the kill seen), to the first later sample back at that count. Drops before the
+    kill are the allocation scaling down, not the kill (optimized-a's 2 → 1 at 15 s was
+    once read as a 33-s replacement). None without a kill, a series, or a replacement
+    within it."""
     series = run.get("series") or {}
     times, ready = series.get("time_s") or [], series.get("replicas_ready") or []
-    if not run.get("killed") or len(times) < 2 or len(ready) != len(times):
+    killed = run.get("killed")
+    if not killed or len(times) < 2 or len(ready) != len(times):
         return None
+    at = float(killed.get("at_s", 0.0)) if isinstance(killed, Mapping) else 0.0
     for i in range(1, len(ready)):
-        if ready[i] < ready[i - 1]:
+        if times[i] >= at and ready[i] < ready[i - 1]:
             level, t_drop = ready[i - 1], times[i]
             for j in range(i + 1, len(ready)):
                 if ready[j] >= level:

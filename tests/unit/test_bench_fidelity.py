@@ -87,6 +87,15 @@ def test_replacement_startup_is_read_from_the_ready_series() -> None:
     assert replacement_startup_s({**run, "killed": None}) is None
     never = {**run, "series": {**run["series"], "replicas_ready": [2, 2, 1, 1, 1, 1, 1]}}
     assert replacement_startup_s(never) is None
+    # a drop before the kill is the allocation scaling down, not the kill
+    scaled = {
+        "killed": {"at_s": 2.0},
+        "series": {
+            "time_s": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5],
+            "replicas_ready": [2, 1, 1, 2, 2, 1, 1, 2],
+        },
+    }
+    assert replacement_startup_s(scaled) == pytest.approx(1.0)  # 2.5 → 3.5
 
 
 def test_calibration_scales_the_profile_to_the_observed_service() -> None:
