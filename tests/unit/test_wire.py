@@ -51,6 +51,14 @@ def test_decoding_does_not_copy() -> None:
         (b'{"inputs": []}', "not a valid .npy"),
         (encode_npy(np.zeros(4, np.float32)) + b"x", "body carries 17"),
         (encode_npy(np.array(1.5)), "scalar"),
+        # found by the API fuzzer: numpy's header filter raises tokenize.TokenError
+        (
+            b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (), }"
+            + b" " * 55
+            + b"\x00" * 7
+            + b"{",
+            "not a valid .npy",
+        ),
     ],
 )
 def test_bad_bodies_name_the_problem(body: bytes, needle: str) -> None:
