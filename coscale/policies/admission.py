@@ -116,20 +116,18 @@ def within_share(
     those of ``rates`` and ``weights``; one without a rate has demand 0 (within).
     O(T log T).
     """
-    positive = {t: rates.get(t, 0.0) for t in {*rates, *weights}}
-    order = sorted(positive, key=lambda t: (positive[t] / weights.get(t, 1.0), t))
+    demand = {t: rates.get(t, 0.0) for t in {*rates, *weights}}
+    order = sorted(demand, key=lambda t: (demand[t] / weights.get(t, 1.0), t))
     left_c, left_w = capacity, sum(weights.get(t, 1.0) for t in order)
     level = math.inf
     for t in order:
         w = weights.get(t, 1.0)
-        if positive[t] <= w * left_c / left_w:
-            left_c, left_w = left_c - positive[t], left_w - w
+        if demand[t] <= w * left_c / left_w:
+            left_c, left_w = left_c - demand[t], left_w - w
             continue
         level = left_c / left_w
         break
-    return frozenset(
-        t for t in order if positive[t] <= (1 + headroom) * weights.get(t, 1.0) * level
-    )
+    return frozenset(t for t in order if demand[t] <= (1 + headroom) * weights.get(t, 1.0) * level)
 
 
 def fair_ahead(view: ModelView, tenant: str, first: frozenset[str] | None = None) -> float:

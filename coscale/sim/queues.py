@@ -116,27 +116,6 @@ class ModelQueue:
 
     # -- taking -----------------------------------------------------------------------
 
-    def take(self, k: int) -> list[Request]:
-        """Remove and return the next ``k`` requests (fewer if the queue is shorter)."""
-        out: list[Request] = []
-        front = self._front
-        while front and len(out) < k:
-            out.append(front.popleft())
-        need = k - len(out)
-        if need <= 0 or self._size == 0:
-            return out
-        if self._weight is None:
-            head = self._head
-            got = self._fifo[head : head + need]
-            self._head = head + len(got)
-            self._size -= len(got)
-            out.extend(got)
-            self._compact()
-            return out
-        for _ in range(min(need, self._size)):
-            out.append(self._pop_fair())
-        return out
-
     def take_batch(self, k: int, max_items: int, dead: set[int]) -> list[Request]:
         """Remove and return the next at most ``k`` requests whose items sum to at most
         ``max_items`` (at least one request when any is live), skipping — and forgetting
@@ -255,10 +234,10 @@ class ModelQueue:
         """Lazy removal of timed-out requests: take those at the head whose ids are in
         ``dead``, and forget them there. Stops at the first live request. O(removed)."""
         while dead and self:
-            head = self.peek(1)[0]
+            head = self._head_request()
             if head.id not in dead:
                 return
-            self.take(1)
+            self._pop_one()
             dead.discard(head.id)
 
 

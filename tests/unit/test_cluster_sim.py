@@ -556,7 +556,7 @@ def test_fair_queue_order_is_the_policy_order() -> None:
             state = policy.push(state, req, first)
         else:
             peeked = [r.id for r in mine.view()[:4]]
-            got = mine.take(1)
+            got = mine.take_batch(1, 10**9, set())
             popped, state = policy.pop(state)
             served_mine += [r.id for r in got]
             served_policy += [] if popped is None else [popped.id]

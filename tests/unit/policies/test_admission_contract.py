@@ -148,5 +148,5 @@ def test_model_queue_reports_each_tenants_backlog() -> None:
     # every weighted tenant (b with 0 waiting) and every tenant waiting (c, default weight)
     assert queue.tenant_queues(wfq.weights) == (("a", 3, 1.0), ("b", 0, 2.0), ("c", 1, 1.0))
     assert len(queue) == 5
-    queue.take(2)  # the retry, then a's first
+    queue.take_batch(2, 10**9, set())  # the retry, then a's first
     assert queue.tenant_queues(()) == (("a", 2, 1.0), ("c", 1, 1.0))
