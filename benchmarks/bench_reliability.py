@@ -254,7 +254,7 @@ class Server:
         port = free_port()
         command = [sys.executable, "-m", "coscale.cli", "serve", str(path), "--port", str(port)]
         proc = subprocess.Popen(
-            [*command, "--profile", str(profile)],
+            [*command, "--profile", str(profile), "--records", str(folder / "records.parquet")],
             stdout=(folder / "serve.out").open("w"),
             stderr=(folder / "serve.err").open("w"),
             env={**os.environ, "COLUMNS": "200", **(env or {})},
@@ -1062,7 +1062,12 @@ def main(argv: list[str] | None = None) -> int:
         help="overload/noisy: deadline admission's max_margin_ratio (share of the SLO)",
     )
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--folder", type=Path, default=None, help="server logs (default: tmp)")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="server logs and per-request records (default: tmp)",
+    )
     parser.add_argument(
         "--no-standby", action="store_true", help="servers without the warm standby worker"
     )

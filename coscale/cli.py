@@ -492,6 +492,14 @@ def serve(
             "(quick mode) if missing.",
         ),
     ] = None,
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            "--records",
+            help="On exit, write the per-request records (the newest 100,000: queue and "
+            "service time, batch, replica, outcome) to this Parquet file.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a scenario's models over HTTP until SIGTERM/SIGINT (then drain and exit 0).
 
@@ -581,6 +589,11 @@ def serve(
         f"{stats['rejected']:,} rejected, {stats['lost']:,} lost",
         soft_wrap=True,
     )
+    if records is not None:
+        from coscale.telemetry.records import write_parquet
+
+        written = write_parquet([system.telemetry.ring.columns()], records)
+        err_console.print(f"records written to {escape(str(written))}", soft_wrap=True)
 
 
 def _serve_profiles(loaded: object, given: list[str]) -> dict[str, object]:

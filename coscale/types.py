@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-#: Most overruns an executor holds for the next admission snapshot (the newest are kept).
-MAX_OVERRUNS = 256
+#: Most kept promises (or refusals) an executor holds for the next admission snapshot
+#: (the newest are kept).
+MAX_FEEDBACK = 256
 
 
 class ReplicaState(StrEnum):
@@ -123,13 +124,14 @@ class ModelView:
     by tenant, when the queue is weighted-fair between tenants (every tenant with a weight
     or a waiting request); empty when it is FIFO. Requests put back after a failure are
     in ``queue_length`` but no tenant's count (they go first).
-    ``overruns``: for admitted requests of this model completed since the previous
-    admission decision, ``(tenant, finish − promised_by)`` in seconds (see
-    :class:`AdmissionDecision`), oldest first; executors keep the newest
-    :data:`MAX_OVERRUNS` at most. Empty outside admission snapshots.
+    ``promises``: for admitted requests of this model with a ``promised_by`` that
+    completed since the previous admission decision, ``(tenant, promised, taken)``:
+    seconds from the admission decision to ``promised_by`` and to the actual finish
+    (see :class:`AdmissionDecision`), oldest first; executors keep the newest
+    :data:`MAX_FEEDBACK` at most. Empty outside admission snapshots.
     ``refused``: ``(tenant, items)`` of this model's requests refused before admission
     (a tenant's rate limit or quota) since the previous admission decision — demand
-    that admission did not see; at most :data:`MAX_OVERRUNS`. Empty outside admission
+    that admission did not see; at most :data:`MAX_FEEDBACK`. Empty outside admission
     snapshots.
     """
 
@@ -140,7 +142,7 @@ class ModelView:
     accuracy_floor: float = 0.0
     p99_latency_s: float = 0.0
     tenant_queues: tuple[tuple[str, int, float], ...] = ()
-    overruns: tuple[tuple[str, float], ...] = ()
+    promises: tuple[tuple[str, float, float], ...] = ()
     refused: tuple[tuple[str, int], ...] = ()
 
 
@@ -206,8 +208,9 @@ class AdmissionDecision:
 
     ``promised_by``: for an admitted request, the completion time (absolute) the policy
     predicted, when it wants to learn from it (None otherwise). Executors report each
-    such request's ``finish − promised_by`` back in :attr:`ModelView.overruns` when it
-    completes, so the policy can learn from its own errors. ``priority``: queue it
+    such request back in :attr:`ModelView.promises` when it completes — the promised
+    and the actual seconds from the decision to the finish — so the policy can learn
+    from its own errors. ``priority``: queue it
     ahead of the requests admitted without (a tenant within its reserved share).
     """
 

@@ -2,7 +2,7 @@
 
 Admission policies implement :class:`~coscale.policies.base.AdmissionPolicy`:
 ``decide(request, snapshot, state) -> (AdmissionDecision, state)``; :class:`AdmitAll`
-keeps no state (``None``), :class:`DeadlineAdmission` its learned margin.
+keeps no state (``None``), :class:`DeadlineAdmission` its learned stretch.
 :class:`WeightedFairQueue` orders admitted requests between tenants.
 """
 
@@ -40,18 +40,24 @@ class AdmitAll:
 
 @dataclass(frozen=True, slots=True)
 class MarginState:
-    """:class:`DeadlineAdmission`'s state: the newest overruns (oldest first, at most
-    ``window``), the same values sorted, and the margin they give."""
+    """:class:`DeadlineAdmission`'s state for one tenant, from its newest ``window``
+    kept promises (oldest first): their stretches (actual over promised time to finish),
+    the same values sorted, and the stretch factor they give (their quantile, at least
+    1); their errors (actual minus promised, seconds), sorted, and the error quantile
+    (at least 0)."""
 
-    overruns: tuple[float, ...] = ()
+    stretches: tuple[float, ...] = ()
     ordered: tuple[float, ...] = ()
-    margin: float = 0.0
+    stretch: float = 1.0
+    errors: tuple[float, ...] = ()
+    errors_ordered: tuple[float, ...] = ()
+    error: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class AdmissionState:
     """:class:`DeadlineAdmission`'s state: one :class:`MarginState` per tenant that has
-    reported overruns, sorted by tenant; and each tenant's demand as ``(tenant, items/s,
+    reported kept promises, sorted by tenant; and each tenant's demand as ``(tenant, items/s,
     as of time)``, sorted by tenant (:func:`fold_demand`)."""
 
     tenants: tuple[tuple[str, MarginState], ...] = ()
@@ -68,6 +74,24 @@ _EMPTY = MarginState()
 def _rank(n: int, q: float) -> int:
     """Index of the nearest-rank ``q``-quantile among ``n ≥ 1`` sorted values: ⌈q·n⌉ − 1."""
     return min(n, max(1, math.ceil(q * n))) - 1
+
+
+def _slide(
+    values: tuple[float, ...], ordered: tuple[float, ...], new: tuple[float, ...], window: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A sliding window and its sorted copy after appending ``new``: the newest
+    ``window`` values (oldest first) and the same sorted — by evicting the oldest and
+    inserting the new into the sorted copy, O(window + k log window) for k new."""
+    joined = values + new
+    kept = joined[-window:]
+    if len(new) >= window:
+        return kept, tuple(sorted(kept))
+    out = list(ordered)
+    for gone in joined[: len(joined) - len(kept)]:
+        del out[bisect.bisect_left(out, gone)]
+    for value in new:
+        bisect.insort(out, value)
+    return kept, tuple(out)
 
 
 def fold_demand(
@@ -192,46 +216,70 @@ class DeadlineAdmission:
       items / rate, else items / capacity_rps — see
       :func:`~coscale.policies.variant.predicted_service_s`);
     * ``predicted = now + ahead / capacity + service``;
-    * ``margin`` = the learned margin (below), capped at ``max_margin_ratio`` (default
-      0.5) × the request's budget ``deadline − arrival``, and ``target = deadline −
-      margin``.
+    * ``margin`` = the tenant's learned margin for a request predicted to finish in
+      ``predicted − now`` seconds (below), at most ``max_margin_ratio`` (default 0.8) ×
+      the request's budget ``deadline − arrival``, and ``target = deadline − margin``.
 
-    Admit iff ``predicted ≤ target``, with ``promised_by = target``; otherwise reject with
-    a reason giving the predicted lateness and ``retry_after_s = predicted − target``
-    (how much the backlog must drain for a request with the same SLO to fit).
+    Admit iff ``predicted ≤ target``; otherwise reject with a reason giving the
+    predicted lateness and ``retry_after_s = predicted − target`` (how much the backlog
+    must drain for a request with the same SLO to fit).
 
     **The learned margin.** The prediction misses what it does not model (a busy
-    machine, the event loop's own work between batches, noisy service times), and at
-    the admission boundary under overload every admitted request is predicted to finish
-    just by its target, so without a margin about half of them finish late. When every
-    READY replica is busy (``outstanding > 0``) the wait is imposed by capacity, and
-    the decision carries ``promised_by = predicted``; the executor reports, for each
-    such request that completed, its tenant and the prediction's error ``finish −
-    promised_by`` (``ModelView.overruns``, since the previous decision). A request
-    admitted while a replica was free gets no ``promised_by``: its wait is the
-    batcher's choice (filling a batch within the deadline), not an error, and a
-    request admitted far inside its target would only teach that "early" is common.
-    (Measuring ``finish − target`` instead — an earlier version — let those early
-    finishers pull the quantile down; under 3× overload the margin then oscillated
-    between 50 and 250 ms, and each low phase admitted a burst of late requests.)
-    The state keeps, per tenant, the newest ``window`` (default 2,048: about 20 s of
-    a saturated MiniLM replica, so that error bursts every 10–20 s stay remembered)
-    errors, and the tenant's ``margin = max(0, quantile_q(errors))`` with q (default
-    0.995, nearest rank: the 11th largest of 2,048): at most a share 1 − q of the
-    admitted requests that waited for capacity finish late (above 0.99, so that the
-    admitted p99 stays within the SLO). Until a tenant has reported ``min_samples``
-    (default 64) errors its margin is the cap (below): an untested prediction is not
-    trusted, which costs a few refusals at the start of an overload instead of a
-    burst of late answers. Per tenant, because under fair queueing the errors differ
-    by tenant: a light tenant's requests are served next, while a flooding tenant's
-    admitted backlog is overtaken by the others' later arrivals (which the prediction
-    does not see) — its margin must absorb that, the light tenant's must not. The cap
-    ``max_margin_ratio`` (default 0.5) × the request's budget ``deadline − arrival``
-    keeps admission alive after a spike (a request with nothing ahead still fits) and
-    bounds what a noisy machine costs in refusals: at 0.5 at least half the budget is
-    left to queueing and service. ``window = 0``: no margin (the bare prediction,
-    from the first request). The margin is recomputed only when errors arrive,
-    O(window) then (:meth:`learn`); O(replicas + tenants) otherwise.
+    machine taking CPU from the worker, the event loop's own work between batches,
+    noisy service times), and at the admission boundary under overload every admitted
+    request is predicted to finish just by its target, so without a margin about half
+    of them finish late. Two shapes of error are learned from the same reports, and
+    the margin is the smaller of what they call for:
+
+    * *proportional*: a replica that runs at half its estimated speed for a while
+      doubles every wait in its queue. Measured under 3× overload of a MiniLM replica
+      with the load generator on the same two cores: the 99.5th percentile of ``actual
+      − predicted`` was 0.16 s for requests predicted to finish within 0.1 s and 0.46 s
+      for those predicted at 0.2–0.3 s, while the ratio ``actual / predicted`` was
+      about 2.8 for both. With ρ the quantile of that ratio (the *stretch*), the margin
+      is ``(ρ − 1) · (predicted − now)``: a request is admitted only if ``ρ`` times its
+      predicted time fits;
+    * *additive*: a delay of fixed size (a batch of another tenant in progress, the
+      event loop parsing a flood of requests) that is large against a short
+      prediction. Read as a ratio it would refuse every longer wait (a tenant at its
+      share next to a flood got ρ ≈ 5 from waits predicted at 40 ms and lost 2.6 % of
+      its requests to 429s); as ``e``, the quantile of ``actual − predicted``, it is
+      the margin for any prediction.
+
+    So ``margin = min((ρ − 1) · (predicted − now), e)``: under each shape of error the
+    other bound is the looser one. (An additive margin alone — an earlier version —
+    had to be capped to keep short waits admissible, and at the cap the long waits it
+    admitted under overload finished late: admitted p99 518–604 ms for a 500-ms SLO.)
+
+    When every READY replica is busy (``outstanding > 0``) the wait is imposed by
+    capacity, and the decision carries ``promised_by = predicted``; the executor
+    reports each such request that completed as ``(tenant, promised, taken)``: the
+    seconds from the decision to ``promised_by`` and to the actual finish
+    (``ModelView.promises``, since the previous decision); its stretch is ``taken /
+    promised`` and its error ``taken − promised``. A request admitted while a replica
+    was free gets no ``promised_by``: its wait is the batcher's choice (filling a batch
+    within the deadline), not an error, and a request admitted far inside its target
+    would only teach that "early" is common. The state keeps, per tenant, the newest
+    ``window`` (default 2,048: about 20 s of a saturated MiniLM replica, so that bursts
+    of slow service every 10–20 s stay remembered) stretches and errors, and the
+    tenant's ``ρ = max(1, quantile_q(stretches))`` and ``e = max(0,
+    quantile_q(errors))`` with q (default 0.995, nearest rank: the 11th largest of
+    2,048): at most a share 1 − q of the admitted requests that waited for capacity
+    finish late (above 0.99, so that the admitted p99 stays within the SLO). Until a
+    tenant has reported ``min_samples`` (default 64) its margin is ``(initial_stretch −
+    1) · (predicted − now)`` (default 2: a request is admitted if twice its predicted
+    time fits): an untested prediction is not trusted, which costs a few refusals at
+    the start of an overload instead of a burst of late answers. Per tenant, because
+    under fair queueing the errors differ by tenant: a light tenant's requests are
+    served next, while a flooding tenant's admitted backlog is overtaken by the
+    others' later arrivals (which the prediction does not see) — its margin must
+    absorb that, the light tenant's must not. The cap ``max_margin_ratio`` (default
+    0.8) × the request's budget keeps admission alive after a spike (a request
+    predicted within a fifth of its budget always fits) and bounds what a noisy
+    machine costs in refusals; at the boundary the proportional margin is ``budget ·
+    (1 − 1/ρ)``, so 0.8 leaves ρ up to 5 uncapped. ``window = 0``: no margin (the bare
+    prediction, from the first request). ρ and e are recomputed only when promises
+    arrive, O(window) then (:meth:`learn`); O(replicas + tenants) otherwise.
 
     **Reserved shares** (``reserve_headroom``, default 0.25; ``None`` turns it off).
     Under a weighted fair queue (``ModelView.tenant_queues`` given) a tenant that asks
@@ -276,7 +324,8 @@ class DeadlineAdmission:
     quantile: float = 0.995
     window: int = 2048
     min_samples: int = 64
-    max_margin_ratio: float = 0.5
+    max_margin_ratio: float = 0.8
+    initial_stretch: float = 2.0
     reserve_headroom: float | None = 0.25
     demand_tau_s: float = 3.0
 
@@ -291,7 +340,7 @@ class DeadlineAdmission:
             raise CoscaleError(
                 f"deadline: quantile={self.quantile} must be in (0, 1], "
                 f"window={self.window} >= 0 and min_samples={self.min_samples} >= 0",
-                fix="use quantile 0.995, window 2048 (0 turns the learned margin off) "
+                fix="use quantile 0.995, window 2048 (0 turns the learned stretch off) "
                 "and min_samples 64",
                 code="invalid_policy_params",
             )
@@ -304,44 +353,51 @@ class DeadlineAdmission:
                 fix="use reserve_headroom 0.25 (null: no reserved shares) and demand_tau_s 3",
                 code="invalid_policy_params",
             )
-        if not 0.0 <= self.max_margin_ratio < 1.0:
+        if not 0.0 <= self.max_margin_ratio < 1.0 or not self.initial_stretch >= 1.0:
             raise CoscaleError(
-                f"deadline: max_margin_ratio={self.max_margin_ratio} must be in [0, 1)",
-                fix="use 0.5",
+                f"deadline: max_margin_ratio={self.max_margin_ratio} must be in [0, 1) "
+                f"and initial_stretch={self.initial_stretch} >= 1",
+                fix="use max_margin_ratio 0.8 and initial_stretch 2",
                 code="invalid_policy_params",
             )
 
     def learn(
-        self, state: AdmissionState | None, overruns: tuple[tuple[str, float], ...]
+        self, state: AdmissionState | None, promises: tuple[tuple[str, float, float], ...]
     ) -> AdmissionState:
-        """Fold new ``(tenant, overrun)`` pairs into each tenant's window (class
-        docstring, "The learned margin"). O(T + window + k log window) for k new ones."""
+        """Fold new ``(tenant, promised, taken)`` reports into each tenant's windows of
+        stretches ``taken / promised`` and errors ``taken − promised`` (class docstring,
+        "The learned margin"; a report with ``promised ≤ 0`` carries no ratio and is
+        skipped). O(T + window + k log window) for k new ones."""
         state = AdmissionState() if state is None else state
-        if not overruns or self.window == 0:
+        if not promises or self.window == 0:
             return state
-        new: dict[str, list[float]] = {}
-        for tenant, overrun in overruns:
-            new.setdefault(tenant, []).append(overrun)
+        new: dict[str, list[tuple[float, float]]] = {}
+        for tenant, promised, taken in promises:
+            if promised > 0:
+                new.setdefault(tenant, []).append((promised, taken))
         tenants = dict(state.tenants)
-        for tenant, values in new.items():
-            tenants[tenant] = self._fold(tenants.get(tenant, _EMPTY), tuple(values))
+        for tenant, pairs in new.items():
+            tenants[tenant] = self._fold(tenants.get(tenant, _EMPTY), pairs)
         return replace(state, tenants=tuple(sorted(tenants.items())))
 
-    def _fold(self, state: MarginState, overruns: tuple[float, ...]) -> MarginState:
-        """One tenant's window: sorted insert of the new, evict the oldest, re-read the
-        quantile. O(window + k log window)."""
-        joined = state.overruns + overruns
-        kept = joined[-self.window :]
-        if len(overruns) >= self.window:
-            ordered = sorted(kept)
-        else:
-            ordered = list(state.ordered)
-            for gone in joined[: len(joined) - len(kept)]:
-                del ordered[bisect.bisect_left(ordered, gone)]
-            for new in overruns:
-                bisect.insort(ordered, new)
-        margin = max(0.0, ordered[_rank(len(ordered), self.quantile)])
-        return MarginState(kept, tuple(ordered), margin)
+    def _fold(self, state: MarginState, pairs: list[tuple[float, float]]) -> MarginState:
+        """One tenant's windows after new ``(promised, taken)`` pairs, and their
+        quantiles. O(window + k log window)."""
+        stretches, ordered = _slide(
+            state.stretches, state.ordered, tuple(t / p for p, t in pairs), self.window
+        )
+        errors, errors_ordered = _slide(
+            state.errors, state.errors_ordered, tuple(t - p for p, t in pairs), self.window
+        )
+        rank = _rank(len(ordered), self.quantile)
+        return MarginState(
+            stretches,
+            ordered,
+            max(1.0, ordered[rank]),
+            errors,
+            errors_ordered,
+            max(0.0, errors_ordered[rank]),
+        )
 
     def _within_share(
         self, view: ModelView | None, rates: Mapping[str, float], capacity: float
@@ -351,17 +407,22 @@ class DeadlineAdmission:
         weights = {t: w for t, _, w in view.tenant_queues}
         return within_share(rates, weights, capacity, self.reserve_headroom)
 
-    def _margin(self, tenant: MarginState) -> float:
-        """The tenant's learned margin; ∞ (so: the cap) before ``min_samples`` errors."""
+    def _margin(self, tenant: MarginState, expected: float, cap: float) -> float:
+        """The margin for a request predicted to finish in ``expected`` seconds (class
+        docstring, "The learned margin"): ``min((ρ − 1) · expected, e, cap)``; with
+        ``ρ = initial_stretch`` and ``e = ∞`` before ``min_samples`` reports; 0 with
+        ``window = 0``."""
         if self.window == 0:
             return 0.0
-        return tenant.margin if len(tenant.overruns) >= self.min_samples else math.inf
+        if len(tenant.stretches) < self.min_samples:
+            return min((self.initial_stretch - 1.0) * expected, cap)
+        return min((tenant.stretch - 1.0) * expected, tenant.error, cap)
 
     def decide(
         self, request: Request, snapshot: Snapshot, state: AdmissionState | None
     ) -> tuple[AdmissionDecision, AdmissionState]:
         view = snapshot.model(request.model)
-        state = self.learn(state, view.overruns if view is not None else ())
+        state = self.learn(state, view.promises if view is not None else ())
         now = max(snapshot.time, request.arrival)
         fair = view is not None and bool(view.tenant_queues) and self.reserve_headroom is not None
         if fair:
@@ -399,7 +460,7 @@ class DeadlineAdmission:
         ahead = queued + sum(r.outstanding for r in ready)
         predicted = now + ahead / speed + min(services)
         cap = self.max_margin_ratio * max(0.0, request.deadline - request.arrival)
-        margin = min(self._margin(state.of(request.tenant)), cap)
+        margin = self._margin(state.of(request.tenant), predicted - now, cap)
         target = request.deadline - margin
         if predicted <= target:
             busy = all(r.outstanding > 0 for r in ready)  # the wait is capacity's

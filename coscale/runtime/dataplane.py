@@ -40,10 +40,11 @@ One request (:meth:`DataPlane.submit`)
    deadlines it cannot keep. Small batches say nothing about capacity (a batch's fixed
    cost — the transport to the worker — dominates them), so the profile stands then.
    As in the simulator, the snapshot's model view also carries each tenant's waiting
-   requests and weight when the queue is fair (``ModelView.tenant_queues``), and the
-   ``(tenant, finish − promised_by)`` of every admitted request completed since the
-   previous decision (``ModelView.overruns``, at most ``MAX_OVERRUNS``, then cleared):
-   the errors :class:`~coscale.policies.admission.DeadlineAdmission` learns its margin
+   requests and weight when the queue is fair (``ModelView.tenant_queues``), and for
+   every admitted request with a ``promised_by`` completed since the previous decision
+   ``(tenant, promised_by − decided, finish − decided)``, ``decided`` being the time of
+   its admission (``ModelView.promises``, at most ``MAX_FEEDBACK``, then cleared): the
+   errors :class:`~coscale.policies.admission.DeadlineAdmission` learns its margin
    from, and the ``(tenant, items)`` of the requests refused before the data plane by a
    tenant's rate limit or quota (``ModelView.refused``, from :meth:`DataPlane.note_refused`;
    demand that the reserved shares count). The policy's state lives in the lane between
@@ -128,7 +129,7 @@ from coscale.telemetry.records import (
     TelemetryWindow,
 )
 from coscale.types import (
-    MAX_OVERRUNS,
+    MAX_FEEDBACK,
     Batch,
     ModelView,
     Outcome,
@@ -302,8 +303,10 @@ class Pending:
     future: asyncio.Future[Any]
     #: answer with the output rows (``np.ndarray``) instead of rendered JSON objects
     raw: bool = False
-    #: the completion time admission predicted (``AdmissionDecision.promised_by``)
+    #: the completion time admission predicted (``AdmissionDecision.promised_by``), and
+    #: when it decided
     promised_by: float | None = None
+    decided_at: float = 0.0
     attempts: int = 0
     queued: bool = True
     done: bool = False
@@ -398,8 +401,8 @@ class Lane:
         self.admit_all = isinstance(setup.admission, AdmitAll)
         fair = setup.fair_queue
         self.tenants = tuple(fair.weights) if fair is not None else ()
-        self.overruns: deque[tuple[str, float]] = deque(maxlen=MAX_OVERRUNS)
-        self.refused: deque[tuple[str, int]] = deque(maxlen=MAX_OVERRUNS)
+        self.promises: deque[tuple[str, float, float]] = deque(maxlen=MAX_FEEDBACK)
+        self.refused: deque[tuple[str, int]] = deque(maxlen=MAX_FEEDBACK)
         self.batcher = Batcher(
             setup.name,
             setup.batching,
@@ -452,7 +455,7 @@ class Lane:
             slo_s=self.slo_s,
             accuracy_floor=self.setup.accuracy_floor,
             tenant_queues=self.batcher.queue.tenant_queues(self.tenants),
-            overruns=tuple(self.overruns),
+            promises=tuple(self.promises),
             refused=tuple(self.refused),
         )
         limit = self.setup.batch_limit
@@ -626,7 +629,7 @@ class DataPlane:
             decision, lane.astate = lane.setup.admission.decide(
                 request, lane.admission_snapshot(now), lane.astate
             )
-            lane.overruns.clear()
+            lane.promises.clear()
             lane.refused.clear()
         if not decision.admit:
             self._reject(lane, request, "overloaded")
@@ -640,7 +643,13 @@ class DataPlane:
         future: asyncio.Future[Any] = self._loop.create_future()
         future.add_done_callback(_consume)
         pending = Pending(
-            request, native, arrival + timeout, future, raw=raw, promised_by=decision.promised_by
+            request,
+            native,
+            arrival + timeout,
+            future,
+            raw=raw,
+            promised_by=decision.promised_by,
+            decided_at=now,
         )
         lane.pending[request.id] = pending
         pending.timer = self.call_at(pending.expires, lambda: self._expire(lane, pending))
@@ -829,7 +838,8 @@ class DataPlane:
                 continue
             lane.latencies_tick.append(now - p.request.arrival)
             if p.promised_by is not None:
-                lane.overruns.append((p.request.tenant, now - p.promised_by))
+                kept = (p.promised_by - p.decided_at, now - p.decided_at)
+                lane.promises.append((p.request.tenant, *kept))
             self._answer(
                 lane, p, Outcome.COMPLETED, result=result, dispatch=d, replica=r, service_s=service
             )

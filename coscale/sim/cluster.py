@@ -22,8 +22,9 @@ Pipeline of one request
    admits without being called (its decision is constant); any other admission policy
    gets a full snapshot of the model's replicas (O(R) per arrival). The model view
    carries, as live, each tenant's waiting requests and weight under fair queueing
-   (``tenant_queues``) and the ``(tenant, finish − promised_by)`` of admitted requests
-   completed since the previous admission decision (``overruns``).
+   (``tenant_queues``) and, for admitted requests with a ``promised_by`` completed since
+   the previous admission decision, ``(tenant, promised_by − decided, finish −
+   decided)`` (``promises``).
 3. **Queue**: the model's :class:`~coscale.sim.queues.ModelQueue` — FIFO, or weighted fair
    queueing between tenants when the model has a fair queue (several tenants).
    **Timeout** (as the live data plane): a request still in the model's queue
@@ -145,7 +146,7 @@ from coscale.sim.replicas import (
 from coscale.telemetry.summary import NO_OUTCOME, OUTCOME_CODES, RequestRecords, summarize
 from coscale.telemetry.timeseries import TimeSeries
 from coscale.types import (
-    MAX_OVERRUNS,
+    MAX_FEEDBACK,
     Batch,
     ModelView,
     Outcome,
@@ -364,10 +365,10 @@ class _Model:
         "n_idle",
         "n_starting",
         "name",
-        "overruns",
         "planned",
         "presenter",
         "promised",
+        "promises",
         "queue",
         "ready",
         "routing",
@@ -426,9 +427,10 @@ class _Model:
         self.covers: list[SimReplica] = []
         self.dead: set[int] = set()
         self.timeout_s = float("inf")
-        # admission feedback (ModelView.overruns, tenant_queues)
-        self.promised: dict[int, float] = {}
-        self.overruns: deque[tuple[str, float]] = deque(maxlen=MAX_OVERRUNS)
+        # admission feedback (ModelView.promises, tenant_queues): request → (decided at,
+        # promised by)
+        self.promised: dict[int, tuple[float, float]] = {}
+        self.promises: deque[tuple[str, float, float]] = deque(maxlen=MAX_FEEDBACK)
         self.tenants = tuple(fair.weights) if fair is not None else ()
 
     def waiting(self) -> int:
@@ -772,9 +774,9 @@ class ClusterSimulator:
             if self._audit and m.aggregate:
                 self._audit_admission(m, request, view, now)
             decision, m.astate = m.admission.decide(request, view, m.astate)
-            m.overruns.clear()
+            m.promises.clear()
             if decision.admit and decision.promised_by is not None:
-                m.promised[rid] = decision.promised_by
+                m.promised[rid] = (now, decision.promised_by)
             priority = decision.priority
             if not decision.admit:
                 self._finish[rid] = now
@@ -809,7 +811,7 @@ class ClusterSimulator:
         self._resolve_timeout(m, i)
 
     def _resolve_timeout(self, m: _Model, i: int) -> None:
-        m.promised.pop(i, None)  # never completes: no overrun to report
+        m.promised.pop(i, None)  # never completes: no promise to report
         self._queued[i] = False
         self._finish[i] = self._now()
         self._outcome[i] = _TIMED_OUT
@@ -849,7 +851,7 @@ class ClusterSimulator:
             slo_s=m.slo_s,
             accuracy_floor=m.setup.accuracy_floor,
             tenant_queues=m.queue.tenant_queues(m.tenants),
-            overruns=tuple(m.overruns),
+            promises=tuple(m.promises),
         )
         if not m.aggregate:
             reps = tuple(r.view(now) for r in self._alive.values() if r.group.model == m.name)
@@ -1023,7 +1025,8 @@ class ClusterSimulator:
             if m.promised:
                 promised = m.promised.pop(i, None)
                 if promised is not None:
-                    m.overruns.append((req.tenant, now - promised))
+                    decided, by = promised
+                    m.promises.append((req.tenant, by - decided, now - decided))
         m.completed_sample += size
         m.miss_sample += late
         self._open -= size

@@ -614,25 +614,11 @@ def write_records(results: Sequence[SimResult], path: str | Path) -> Path:
 
     Needs ``pyarrow`` (``pip install pyarrow``); without it → CoscaleError.
     """
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise CoscaleError(
-            "writing --records needs the pyarrow package, which is not installed.",
-            fix="Install it: pip install pyarrow.",
-            code="missing_dependency",
-        ) from None
+    from coscale.telemetry.records import write_parquet
+
     tables = []
     for r in results:
-        cols = r.requests.columns()
-        n = len(r.requests)
-        data: dict[str, Any] = {"preset": pa.array([r.summary.preset] * n, type=pa.string())}
-        for name, values in cols.items():
-            arr = np.asarray(values)
-            data[name] = pa.array(arr.tolist() if arr.dtype == object else arr)
-        tables.append(pa.table(data))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.concat_tables(tables), target)
-    return target
+        columns: dict[str, Any] = {"preset": [r.summary.preset] * len(r.requests)}
+        columns.update(r.requests.columns())
+        tables.append(columns)
+    return write_parquet(tables, path)

@@ -59,6 +59,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, overload
 
 import numpy as np
@@ -78,6 +79,7 @@ __all__ = [
     "RequestRecord",
     "Telemetry",
     "TelemetryWindow",
+    "write_parquet",
 ]
 
 #: Records kept in the ring (the newest ones).
@@ -259,6 +261,23 @@ class RecordRing(Sequence[RequestRecord]):
         first)."""
         return self._num[name][self.indices() if slots is None else slots]
 
+    def columns(self) -> dict[str, npt.NDArray[Any]]:
+        """Every field of every record, oldest first, one array per field (strings
+        decoded, ``outcome`` as its value): what ``coscale serve --records`` writes
+        (:func:`write_parquet`)."""
+        slots = self.indices()
+        text = np.array(self._strings, dtype=object)
+        out: dict[str, npt.NDArray[Any]] = {}
+        for name in _FIELD_ORDER:
+            if name in self._str:
+                out[name] = text[self._str[name][slots]]
+            elif name == "outcome":
+                codes = self._num[name][slots]
+                out[name] = np.array([_OUTCOMES[int(c)].value for c in codes], dtype=object)
+            else:
+                out[name] = self._num[name][slots]
+        return out
+
     def mask(
         self, slots: npt.NDArray[np.intp], *, tenant: str | None, model: str | None
     ) -> npt.NDArray[np.intp]:
@@ -439,6 +458,36 @@ class TelemetryWindow:
     start: float
     end: float
     models: tuple[ModelWindow, ...] = ()
+
+
+def write_parquet(
+    tables: Sequence[Mapping[str, Sequence[Any] | npt.NDArray[Any]]], path: str | Path
+) -> Path:
+    """Write column tables (name → values, every column of a table equally long; the
+    tables share their columns) as one Parquet file, concatenated in order; parent
+    folders are made. Needs ``pyarrow``; without it → CoscaleError naming the fix."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        from coscale.errors import CoscaleError
+
+        raise CoscaleError(
+            "writing per-request records needs the pyarrow package, which is not installed.",
+            fix="Install it: pip install pyarrow.",
+            code="missing_dependency",
+        ) from None
+    converted = []
+    for columns in tables:
+        data = {}
+        for name, values in columns.items():
+            arr = np.asarray(values)
+            data[name] = pa.array(arr.tolist() if arr.dtype == object else arr)
+        converted.append(pa.table(data))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.concat_tables(converted, promote_options="default"), target)
+    return target
 
 
 def _escape(value: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from sklearn.datasets import load_digits
@@ -107,7 +108,8 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path, profile_path: Path) -> Iterator[tuple[Server, str]]:
     port = free_port()
-    srv = Server([str(EXAMPLE), "--port", str(port), "--profile", str(profile_path)], tmp_path)
+    args = [str(EXAMPLE), "--port", str(port), "--profile", str(profile_path)]
+    srv = Server([*args, "--records", str(tmp_path / "records.parquet")], tmp_path)
     try:
         yield srv, f"http://127.0.0.1:{port}"
     finally:
@@ -223,6 +225,17 @@ def test_serve_answers_exports_metrics_and_drains_on_sigterm(server: tuple[Serve
         "rejected": statuses.count(429),
         "lost": 0,
     }
+    # --records: one row per answered request, the same outcomes as the counts
+    table = pq.read_table(srv.err.parent / "records.parquet").to_pydict()
+    outcomes = Counter(table["outcome"])
+    assert len(table["outcome"]) == counts["completed"] + counts["failed"] + counts["rejected"]
+    assert (outcomes["completed"], outcomes["rejected"]) == (
+        counts["completed"],
+        counts["rejected"],
+    ), outcomes
+    done = [i for i, o in enumerate(table["outcome"]) if o == "completed"]
+    assert all(table["model"][i] == "digits" and table["service_s"][i] > 0 for i in done)
+    assert all(table["finish"][i] >= table["arrival"][i] for i in done)
     for pid in pids:  # the worker processes are gone
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with pytest.raises(httpx.ConnectError):

@@ -394,14 +394,14 @@ def test_admission_rejects_with_429_and_a_retry_hint(digits_profile: ProfileFile
     run(system, body)
 
 
-def test_admission_learns_from_overruns_and_sees_each_tenants_queue(
+def test_admission_learns_from_kept_promises_and_sees_each_tenants_queue(
     digits_profile: ProfileFile,
 ) -> None:
     """The live half of the admission contract the simulator also keeps: completed
-    admitted requests that waited for a busy replica come back as ``finish −
-    promised_by`` (the prediction's error) in the next admission snapshot (then folded
-    into the policy's margin), and a fair queue's per-tenant backlog and weights are in
-    it."""
+    admitted requests that waited for a busy replica come back as ``(tenant,
+    promised_by − decided, finish − decided)`` in the next admission snapshot (then
+    folded into the policy's stretch, taken / promised), and a fair queue's per-tenant
+    backlog and weights are in it."""
     system = make(
         digits_profile,
         replicas=1,
@@ -414,19 +414,20 @@ def test_admission_learns_from_overruns_and_sees_each_tenants_queue(
     async def body(s: ServingSystem) -> None:
         await asyncio.gather(*(s.infer("digits", [x], tenant="gold") for x in images(5)))
         # the first found the replica free (no promise: nothing to learn); the other four
-        # waited for it, and their errors are waiting to be read
-        assert len(lane.overruns) == 4
-        assert all(t == "gold" and -2.0 < o < 2.0 for t, o in lane.overruns)
-        errors = sorted(o for _, o in lane.overruns)
+        # waited for it, and their reports are waiting to be read
+        assert len(lane.promises) == 4
+        assert all(t == "gold" and 0 < p < 2.0 and 0 < k < 2.0 for t, p, k in lane.promises)
+        stretches = sorted(k / p for _, p, k in lane.promises)
         view = lane.admission_snapshot(s.plane.clock.now()).models[0]
         assert view.tenant_queues == (("free", 0, 1.0), ("gold", 0, 3.0))
-        assert view.overruns == tuple(lane.overruns)
+        assert view.promises == tuple(lane.promises)
         await s.infer("digits", images(1), tenant="free")
         state = lane.astate
         assert isinstance(state, AdmissionState)
-        assert state.of("gold").ordered == tuple(errors)
-        assert state.of("gold").margin == max(0.0, errors[-1])  # q 0.995 of 4: the largest
-        assert not lane.overruns  # read, and the last request found the replica free
+        assert state.of("gold").ordered == pytest.approx(tuple(stretches))
+        # q 0.995 of 4: the largest, at least 1
+        assert state.of("gold").stretch == pytest.approx(max(1.0, stretches[-1]))
+        assert not lane.promises  # read, and the last request found the replica free
 
     run(system, body)
 

@@ -200,139 +200,170 @@ def test_deadline_validates_parameters() -> None:
             DeadlineAdmission(max_margin_ratio=ratio)
 
 
-# ------------------------------------------------------------------ the learned margin
+# ------------------------------------------------------------------ the learned stretch
 
 
 def _one_replica(
-    queue: int = 0, overruns: tuple[float, ...] = (), tenant: str = "default"
+    queue: int = 0, stretches: tuple[float, ...] = (), tenant: str = "default"
 ) -> Snapshot:
     # capacity 100 items/s, service 0.01 s: predicted = now + queue / 100 + 0.01
-    pairs = tuple((tenant, o) for o in overruns)
-    view = ModelView("m", arrival_rate=0.0, queue_length=queue, overruns=pairs)
+    reports = tuple((tenant, 1.0, s) for s in stretches)  # promised 1 s, taken s
+    view = ModelView("m", arrival_rate=0.0, queue_length=queue, promises=reports)
     return Snapshot(10.0, (view,), (rep("a", capacity_rps=100.0),))
 
 
-def _margin(m: float) -> AdmissionState:
-    return AdmissionState((("default", MarginState((m,), (m,), m)),))
+def _stretched(rho: float, error: float = 10.0) -> AdmissionState:
+    """A learned state: stretch ``rho`` and error quantile ``error`` (default: so large
+    that the proportional bound decides)."""
+    learned = MarginState((rho,), (rho,), rho, (error,), (error,), error)
+    return AdmissionState((("default", learned),))
 
 
-def test_margin_is_the_quantile_of_recent_overruns() -> None:
+def test_stretch_is_the_quantile_of_recent_stretches() -> None:
     p = DeadlineAdmission(min_samples=0, latencies=TABLES, quantile=0.9, window=10)
-    overruns = tuple(float(i) / 100 for i in range(10))  # 0.00 .. 0.09
-    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=overruns), None)
+    stretches = tuple(1.0 + i / 10 for i in range(10))  # 1.0 .. 1.9
+    _, state = p.decide(req(deadline=100.0), _one_replica(stretches=stretches), None)
     # nearest rank: the ceil(0.9 × 10) = 9th smallest
-    assert state.of("default").margin == pytest.approx(0.08)
-    assert state.of("default").overruns == overruns
-    # the window keeps the newest 10: five more 0.5 s overruns → 9th smallest is 0.5
-    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(0.5,) * 5), state)
+    assert state.of("default").stretch == pytest.approx(1.8)
+    assert state.of("default").stretches == stretches
+    # the errors of the same reports (taken − promised, promised 1 s): 0.0 .. 0.9
+    assert state.of("default").error == pytest.approx(0.8)
+    assert state.of("default").errors == pytest.approx(tuple(s - 1.0 for s in stretches))
+    # the window keeps the newest 10: five more of 3.0 → 9th smallest is 3.0
+    _, state = p.decide(req(deadline=100.0), _one_replica(stretches=(3.0,) * 5), state)
     mine = state.of("default")
-    assert mine.overruns == (*overruns[5:], 0.5, 0.5, 0.5, 0.5, 0.5)
-    assert mine.margin == pytest.approx(0.5)
-    assert mine.ordered == tuple(sorted(mine.overruns))
-    # no new overruns: the state is returned as it is
+    assert mine.stretches == (*stretches[5:], 3.0, 3.0, 3.0, 3.0, 3.0)
+    assert mine.stretch == pytest.approx(3.0)
+    assert mine.ordered == tuple(sorted(mine.stretches))
+    # no new reports: the state is returned as it is
     _, same = p.decide(req(deadline=100.0), _one_replica(), state)
     assert same is state
+    # a stretch is taken / promised; a report promising no time carries none
+    learned = p.learn(None, (("t", 0.2, 0.5), ("t", 0.0, 0.3)))
+    assert learned.of("t").stretches == pytest.approx((2.5,))
+    assert learned.of("t").errors == pytest.approx((0.3,))
 
 
-def test_margins_are_per_tenant() -> None:
+def test_stretches_are_per_tenant() -> None:
     p = DeadlineAdmission(min_samples=0, latencies=TABLES)
-    flood = _one_replica(queue=30, overruns=(0.3,) * 3, tenant="a")
+    flood = _one_replica(queue=30, stretches=(2.0,) * 3, tenant="a")
     d, state = p.decide(req(tenant="b", deadline=10.5), flood, None)
-    # a's overruns moved a's margin only: b's request fits (10.31 ≤ 10.5), a's does not
+    # predicted 10.31: a's stretch 2 moved a's margin only (0.31 s), b's request fits
     assert d.admit and state.of("b") == MarginState()
-    assert state.of("a").margin == pytest.approx(0.3)
+    assert state.of("a").stretch == pytest.approx(2.0)
     assert not p.decide(req(tenant="a", deadline=10.5), _one_replica(queue=30), state)[0].admit
     assert [t for t, _ in state.tenants] == ["a"]
 
 
-def test_margin_window_stays_sorted_whatever_the_chunks() -> None:
+def test_stretch_window_stays_sorted_whatever_the_chunks() -> None:
     rng = random.Random(7)
     p = DeadlineAdmission(min_samples=0, window=16, quantile=0.75)
     state: AdmissionState | None = None
     stream: list[float] = []
     for _ in range(200):
-        chunk = tuple(round(rng.uniform(-1, 1), 3) for _ in range(rng.choice((0, 1, 3, 17, 40))))
+        chunk = tuple(round(rng.uniform(0.5, 3), 3) for _ in range(rng.choice((0, 1, 3, 17, 40))))
         stream.extend(chunk)
-        state = p.learn(state, tuple(("t", o) for o in chunk))
+        state = p.learn(state, tuple(("t", 1.0, s) for s in chunk))
         mine, newest = state.of("t"), stream[-16:]
-        assert mine.overruns == tuple(newest)
-        assert mine.ordered == tuple(sorted(newest))
+        assert mine.stretches == pytest.approx(tuple(newest))
+        assert mine.ordered == tuple(sorted(mine.stretches))
+        assert mine.errors_ordered == tuple(sorted(mine.errors))
         if newest:
             expected = sorted(newest)[math.ceil(0.75 * len(newest)) - 1]
-            assert mine.margin == max(0.0, expected)
+            assert mine.stretch == pytest.approx(max(1.0, expected))
+            assert mine.error == pytest.approx(max(0.0, expected - 1.0))
 
 
-def test_margin_moves_the_target_and_is_reported() -> None:
+def test_margin_grows_with_the_predicted_time_and_is_reported() -> None:
     p = DeadlineAdmission(min_samples=0, latencies=TABLES)
-    state = _margin(0.2)
-    # predicted = 10 + 30 / 100 + 0.01 = 10.31; target = deadline − 0.2
-    d, _ = p.decide(req(deadline=10.52), _one_replica(queue=30), state)
+    state = _stretched(1.5)
+    # queue 30: predicted = 10 + 30 / 100 + 0.01 = 10.31, margin (1.5 − 1) × 0.31 = 0.155
+    d, _ = p.decide(req(deadline=10.47), _one_replica(queue=30), state)
     assert d.admit and d.promised_by is None  # the replica is free: nothing to learn
-    d, _ = p.decide(req(deadline=10.50), _one_replica(queue=30), state)
-    assert not d.admit and "0.200 s margin" in d.reason
-    assert d.retry_after_s == pytest.approx(10.31 - 10.30)
-    # without the margin the same request fits
+    d, _ = p.decide(req(deadline=10.46), _one_replica(queue=30), state)
+    assert not d.admit and "0.155 s margin" in d.reason
+    assert d.retry_after_s == pytest.approx(10.31 - (10.46 - 0.155))
+    # an empty queue: predicted 10.01, margin only 0.005 s
+    assert p.decide(req(deadline=10.016), _one_replica(queue=0), state)[0].admit
+    assert not p.decide(req(deadline=10.014), _one_replica(queue=0), state)[0].admit
+    # without the stretch the queue-30 request fits
     assert (
         DeadlineAdmission(min_samples=0, latencies=TABLES)
-        .decide(req(deadline=10.50), _one_replica(queue=30), None)[0]
+        .decide(req(deadline=10.46), _one_replica(queue=30), None)[0]
         .admit
     )
 
 
-def test_margin_falls_to_zero_when_requests_finish_early() -> None:
+def test_margin_is_the_smaller_of_the_proportional_and_the_additive_bound() -> None:
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)
+    # stretch 5 but errors of at most 0.1 s (a fixed delay): queue 30 → predicted 10.31,
+    # proportional margin 4 × 0.31 = 1.24, additive 0.1 → margin 0.1
+    state = _stretched(5.0, error=0.1)
+    assert p.decide(req(deadline=10.41), _one_replica(queue=30), state)[0].admit
+    d, _ = p.decide(req(deadline=10.40), _one_replica(queue=30), state)
+    assert not d.admit and "0.100 s margin" in d.reason
+    # an empty queue: predicted 10.01, proportional 4 × 0.01 = 0.04 < 0.1
+    assert p.decide(req(deadline=10.051), _one_replica(queue=0), state)[0].admit
+    assert not p.decide(req(deadline=10.049), _one_replica(queue=0), state)[0].admit
+
+
+def test_stretch_is_never_below_one() -> None:
     p = DeadlineAdmission(min_samples=0, latencies=TABLES, window=4)
-    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(0.3,) * 4), None)
-    assert state.of("default").margin == pytest.approx(0.3)
-    _, state = p.decide(req(deadline=100.0), _one_replica(overruns=(-0.2,) * 4), state)
-    assert state.of("default").margin == 0.0  # never negative: the bare prediction at most
+    _, state = p.decide(req(deadline=100.0), _one_replica(stretches=(2.0,) * 4), None)
+    assert state.of("default").stretch == pytest.approx(2.0)
+    _, state = p.decide(req(deadline=100.0), _one_replica(stretches=(0.4,) * 4), state)
+    assert state.of("default").stretch == 1.0  # early finishes: the bare prediction at most
 
 
-def test_margin_is_capped_so_an_empty_queue_still_admits() -> None:
-    p = DeadlineAdmission(min_samples=0, latencies=TABLES)  # max_margin_ratio 0.5
-    huge = _margin(5.0)
-    # budget 1 s (arrival 10, deadline 11): margin capped at 0.5 s, 10.01 ≤ 10.5
-    d, _ = p.decide(req(deadline=11.0), _one_replica(queue=0), huge)
-    assert d.admit
-    assert p.decide(req(deadline=11.0), _one_replica(queue=20), huge)[0].admit  # 10.21
-    assert not p.decide(req(deadline=11.0), _one_replica(queue=50), huge)[0].admit  # 10.51
-    strict = DeadlineAdmission(min_samples=0, latencies=TABLES, max_margin_ratio=0.8)  # target 10.2
-    assert not strict.decide(req(deadline=11.0), _one_replica(queue=20), huge)[0].admit
+def test_margin_is_capped_so_a_short_queue_still_admits() -> None:
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES)  # max_margin_ratio 0.8
+    huge = _stretched(10.0)
+    # budget 1 s (arrival 10, deadline 11): the margin 9 × (predicted − now) is capped at
+    # 0.8 s, so the target is 10.2
+    assert p.decide(req(deadline=11.0), _one_replica(queue=0), huge)[0].admit  # 10.01
+    assert p.decide(req(deadline=11.0), _one_replica(queue=15), huge)[0].admit  # 10.16
+    assert not p.decide(req(deadline=11.0), _one_replica(queue=20), huge)[0].admit  # 10.21
+    loose = DeadlineAdmission(min_samples=0, latencies=TABLES, max_margin_ratio=0.5)  # 10.5
+    assert loose.decide(req(deadline=11.0), _one_replica(queue=40), huge)[0].admit  # 10.41
 
 
 def test_only_waits_for_busy_replicas_are_learned_from() -> None:
     p = DeadlineAdmission(latencies=TABLES)
     busy = Snapshot(
         10.0,
-        (ModelView("m", 0.0, queue_length=30),),
+        (ModelView("m", 0.0, queue_length=15),),
         (rep("a", capacity_rps=100.0, outstanding=2),),
     )
     d, _ = p.decide(req(deadline=11.0), busy, None)
-    # predicted = 10 + 32 / 100 + 0.01: promised_by is the bare prediction, not the target
-    assert d.admit and d.promised_by == pytest.approx(10.33)
+    # predicted = 10 + 17 / 100 + 0.01: promised_by is the bare prediction, not the target
+    assert d.admit and d.promised_by == pytest.approx(10.18)
     one_free = Snapshot(
         10.0,
-        (ModelView("m", 0.0, queue_length=30),),
+        (ModelView("m", 0.0, queue_length=15),),
         (rep("a", capacity_rps=100.0, outstanding=2), rep("b", capacity_rps=100.0)),
     )
     d, _ = p.decide(req(deadline=11.0), one_free, None)
     assert d.admit and d.promised_by is None
 
 
-def test_margin_is_the_cap_until_min_samples_errors() -> None:
-    p = DeadlineAdmission(latencies=TABLES, min_samples=3)  # max_margin_ratio 0.5
-    # budget 1 s → cap 0.5 s: 10 + 45 / 100 + 0.01 = 10.46 fits, 10.56 does not
+def test_stretch_is_the_initial_one_until_min_samples_reports() -> None:
+    p = DeadlineAdmission(latencies=TABLES, min_samples=3)  # initial_stretch 2
+    # budget 1 s: 2 × (predicted − now) must fit, so 10 + 45 / 100 + 0.01 = 10.46 fits
+    # (margin 0.46), 10.51 does not (margin 0.51 → target 10.49)
     assert p.decide(req(deadline=11.0), _one_replica(queue=45), None)[0].admit
-    d, state = p.decide(req(deadline=11.0), _one_replica(queue=55, overruns=(0.0, 0.0)), None)
-    assert not d.admit and "0.500 s margin" in d.reason  # 2 errors < 3: still the cap
-    d, state = p.decide(req(deadline=11.0), _one_replica(queue=55, overruns=(0.0,)), state)
-    assert d.admit  # 3 errors of 0: the learned margin, 0
+    d, state = p.decide(req(deadline=11.0), _one_replica(queue=50, stretches=(1.0, 1.0)), None)
+    assert not d.admit and "0.510 s margin" in d.reason  # 2 reports < 3
+    d, state = p.decide(req(deadline=11.0), _one_replica(queue=50, stretches=(1.0,)), state)
+    assert d.admit  # 3 stretches of 1: no margin
     with pytest.raises(CoscaleError, match="min_samples"):
         DeadlineAdmission(min_samples=-1)
+    with pytest.raises(CoscaleError, match="initial_stretch"):
+        DeadlineAdmission(initial_stretch=0.5)
 
 
-def test_window_zero_turns_the_margin_off() -> None:
+def test_window_zero_turns_the_stretch_off() -> None:
     p = DeadlineAdmission(min_samples=0, latencies=TABLES, window=0)
-    d, state = p.decide(req(deadline=10.3101), _one_replica(queue=30, overruns=(1.0,)), None)
+    d, state = p.decide(req(deadline=10.3101), _one_replica(queue=30, stretches=(5.0,)), None)
     assert d.admit and state == AdmissionState()
 
 

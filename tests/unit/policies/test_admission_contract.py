@@ -9,6 +9,7 @@ decides from and every decision it returns are checked against the run's request
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from coscale.catalog import load_catalog
 from coscale.policies.admission import AdmissionState, DeadlineAdmission, WeightedFairQueue
@@ -83,14 +84,16 @@ def _run(recorder: Recorder, rates: dict[str, float], duration_s: float = 20.0) 
     return sim.run()
 
 
-def test_overruns_and_tenant_queues_reach_the_policy_in_the_simulator() -> None:
+def test_promises_and_tenant_queues_reach_the_policy_in_the_simulator() -> None:
     recorder = Recorder(DeadlineAdmission())
     result = _run(recorder, {"a": 250.0, "b": 20.0})  # 2.7x the replica's 100 req/s
     finish = result.requests.columns()["finish_s"]
-    promised = {r.id: d.promised_by for r, _, d, _ in recorder.calls if d.promised_by is not None}
+    promised = {
+        r.id: (s.time, d.promised_by) for r, s, d, _ in recorder.calls if d.promised_by is not None
+    }
     tenant = {r.id: r.tenant for r, _, _, _ in recorder.calls}
     assert len(promised) > 1000
-    seen: list[tuple[str, float]] = []
+    seen: list[tuple[str, float, float]] = []
     for _, snapshot, _, _ in recorder.calls:
         view = snapshot.model("m")
         assert view is not None
@@ -98,20 +101,23 @@ def test_overruns_and_tenant_queues_reach_the_policy_in_the_simulator() -> None:
         assert [t for t, _, _ in view.tenant_queues] == ["a", "b"]
         assert all(w == 1.0 for _, _, w in view.tenant_queues)
         assert sum(q for _, q, _ in view.tenant_queues) <= view.queue_length
-        seen.extend(view.overruns)
+        seen.extend(view.promises)
     # each promised request that completed before the last decision came back exactly
-    # once, as finish − promised_by
+    # once, as (tenant, promised_by − decided, finish − decided)
     last = recorder.calls[-1][0].arrival
-    expected = sorted((tenant[i], finish[i] - p) for i, p in promised.items() if finish[i] < last)
+    expected = sorted(
+        (tenant[i], by - at, finish[i] - at) for i, (at, by) in promised.items() if finish[i] < last
+    )
     assert len(expected) > 1000
-    assert [t for t, _ in sorted(seen)] == [t for t, _ in expected]
-    assert np.allclose([o for _, o in sorted(seen)], [o for _, o in expected])
-    # the state folds what it was shown: per tenant, the newest 2,048, sorted alongside
+    assert [t for t, _, _ in sorted(seen)] == [t for t, _, _ in expected]
+    assert np.allclose([(p, k) for _, p, k in sorted(seen)], [(p, k) for _, p, k in expected])
+    # the state folds what it was shown: per tenant, the newest 2,048 stretches (taken /
+    # promised), sorted alongside
     state = recorder.calls[-1][3]
     for t in ("a", "b"):
-        mine = [o for u, o in seen if u == t][-2048:]
-        assert state.of(t).overruns == tuple(mine)
-        assert state.of(t).ordered == tuple(sorted(mine))
+        mine = [k / p for u, p, k in seen if u == t][-2048:]
+        assert state.of(t).stretches == pytest.approx(tuple(mine))
+        assert state.of(t).ordered == tuple(sorted(state.of(t).stretches))
 
 
 def test_a_light_tenant_is_admitted_and_on_time_behind_a_flood() -> None:
@@ -130,7 +136,7 @@ def test_a_light_tenant_is_admitted_and_on_time_behind_a_flood() -> None:
     assert np.percentile(b, 99) < 0.2 * SLO_S * 1000  # B waits behind a turn, not A's backlog
     # A's admitted requests: B's arrivals overtake A's backlog (fairly), which the
     # prediction does not see: without the learned margin (window=0) 97 % of them are
-    # late here; with it 6 % (most in the first second, before any overrun is known)
+    # late here; with it 6 % (most in the first second, before any promise is kept)
     a = cols["latency_ms"][(cols["tenant"] == "a") & (cols["outcome"] == "completed")]
     assert np.mean(a > SLO_S * 1000) < 0.1
 
