@@ -401,8 +401,16 @@ def write_scenario(folder: Path, settings: BenchSettings, node_type: str, plan: 
 class Server:
     """``coscale serve SCENARIO --preset P`` in a subprocess on a free loopback port."""
 
-    def __init__(self, scenario: Path, preset: str, profile: Path | None, folder: Path) -> None:
+    def __init__(
+        self,
+        scenario: Path,
+        preset: str,
+        profile: Path | None,
+        folder: Path,
+        records: Path | None = None,
+    ) -> None:
         self.scenario, self.preset, self.profile, self.folder = scenario, preset, profile, folder
+        self.records = records
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.err = folder / f"serve-{preset}.log"
@@ -418,6 +426,8 @@ class Server:
         args += ["--port", str(self.port), "--preset", self.preset]
         if self.profile is not None:
             args += ["--profile", str(self.profile)]
+        if self.records is not None:
+            args += ["--records", str(self.records)]
         with self.err.open("wb") as err:
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
         end = time.monotonic() + READY_TIMEOUT_S
@@ -708,10 +718,12 @@ def run_cycle(
     say: Say = _quiet,
     on_progress: Any = None,
     scal: bool = False,
+    records: Path | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One preset's cycle (and, with ``scal``, the live closed loops after it)."""
+    """One preset's cycle (and, with ``scal``, the live closed loops after it);
+    ``records``: where the server writes its per-request records when it stops."""
     node = local_node()
-    server = Server(scenario, preset, profile, folder)
+    server = Server(scenario, preset, profile, folder, records)
     say(f"starting coscale serve --preset {preset}")
     server.start()
     try:
@@ -782,8 +794,12 @@ def run_live(
     say: Say = _quiet,
     progress: Callable[[str], Any] | None = None,
     work_dir: Path | None = None,
+    records_dir: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, Path | None]:
-    """Every live preset's cycle; (live results, live scalability or None, profile)."""
+    """Every live preset's cycle; (live results, live scalability or None, profile).
+    ``records_dir``: each preset's server writes its per-request records there as
+    ``records-PRESET.parquet`` (``coscale serve --records``) — the cycle, then the
+    live closed loops for the scalability preset."""
     from coscale.catalog.profiles import load_profile
     from coscale.runtime.system import usable_cores
 
@@ -831,6 +847,7 @@ def run_live(
                 say=say,
                 on_progress=cb,
                 scal=want_scal and preset == settings.scal_preset,
+                records=None if records_dir is None else records_dir / f"records-{preset}.parquet",
             )
             runs.append(row)
             scal_points = points or scal_points

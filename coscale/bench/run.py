@@ -107,7 +107,7 @@ def run_bench(
     if "live" in settings.parts:
         t = time.perf_counter()
         live, scal_live, profile = live_part.run_live(
-            settings, say=rep.say, progress=_live_progress(rep)
+            settings, say=rep.say, progress=_live_progress(rep), records_dir=out / "records"
         )
         results["live"] = live
         if scal_live is not None:

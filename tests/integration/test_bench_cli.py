@@ -15,8 +15,10 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from coscale.bench.live import plan_cycle, resolve_profile, run_cycle, write_scenario
@@ -92,6 +94,12 @@ def test_bench_quick_end_to_end_report_pngs_and_json_agree(tmp_path: Path) -> No
             100 * (1 - run["cost_usd"] / base["cost_usd"])
         )
         assert run["killed"] is not None and run["lost"] == 0
+        # each live server's own per-request records (coscale serve --records): at least
+        # the cycle's answered requests (the scalability preset's closed loops follow)
+        table = pq.read_table(out / "records" / f"records-{preset}.parquet").to_pydict()
+        answered = Counter(table["outcome"])
+        assert answered["completed"] >= run["completed"], (preset, answered)
+        assert answered["rejected"] >= run["rejected"], (preset, answered)
     assert {r["preset"] for r in saved["cluster"]["runs"]} == set(SMALL["sim_presets"])
     assert [p["tasks"] for p in saved["scalability"]["sim"]["points"]] == [10, 50, 100]
     assert saved["scalability"]["sim"]["points"][0]["efficiency"] == pytest.approx(1.0)
