@@ -2,7 +2,7 @@
 
 Admission policies implement :class:`~coscale.policies.base.AdmissionPolicy`:
 ``decide(request, snapshot, state) -> (AdmissionDecision, state)``; :class:`AdmitAll`
-keeps no state (``None``), :class:`DeadlineAdmission` its learned stretch.
+keeps no state (``None``), :class:`DeadlineAdmission` its learned margin.
 :class:`WeightedFairQueue` orders admitted requests between tenants.
 """
 
@@ -241,10 +241,10 @@ class DeadlineAdmission:
       predicted time fits;
     * *additive*: a delay of fixed size (a batch of another tenant in progress, the
       event loop parsing a flood of requests) that is large against a short
-      prediction. Read as a ratio it would refuse every longer wait (a tenant at its
-      share next to a flood got ρ ≈ 5 from waits predicted at 40 ms and lost 2.6 % of
-      its requests to 429s); as ``e``, the quantile of ``actual − predicted``, it is
-      the margin for any prediction.
+      prediction. Read as a ratio it makes ρ large (ρ ≈ 5 to 9 for a tenant at its
+      share next to a flood, from waits predicted at 40–100 ms) and would refuse longer
+      waits that such a delay does not threaten; as ``e``, the quantile of ``actual −
+      predicted``, it is the margin for any prediction.
 
     So ``margin = min((ρ − 1) · (predicted − now), e)``: under each shape of error the
     other bound is the looser one. (An additive margin alone — an earlier version —
