@@ -47,7 +47,7 @@ class MarginState:
     (at least 0)."""
 
     stretches: tuple[float, ...] = ()
-    ordered: tuple[float, ...] = ()
+    stretches_ordered: tuple[float, ...] = ()
     stretch: float = 1.0
     errors: tuple[float, ...] = ()
     errors_ordered: tuple[float, ...] = ()
@@ -383,17 +383,17 @@ class DeadlineAdmission:
     def _fold(self, state: MarginState, pairs: list[tuple[float, float]]) -> MarginState:
         """One tenant's windows after new ``(promised, taken)`` pairs, and their
         quantiles. O(window + k log window)."""
-        stretches, ordered = _slide(
-            state.stretches, state.ordered, tuple(t / p for p, t in pairs), self.window
+        stretches, stretches_ordered = _slide(
+            state.stretches, state.stretches_ordered, tuple(t / p for p, t in pairs), self.window
         )
         errors, errors_ordered = _slide(
             state.errors, state.errors_ordered, tuple(t - p for p, t in pairs), self.window
         )
-        rank = _rank(len(ordered), self.quantile)
+        rank = _rank(len(stretches_ordered), self.quantile)
         return MarginState(
             stretches,
-            ordered,
-            max(1.0, ordered[rank]),
+            stretches_ordered,
+            max(1.0, stretches_ordered[rank]),
             errors,
             errors_ordered,
             max(0.0, errors_ordered[rank]),

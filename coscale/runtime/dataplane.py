@@ -838,8 +838,8 @@ class DataPlane:
                 continue
             lane.latencies_tick.append(now - p.request.arrival)
             if p.promised_by is not None:
-                kept = (p.promised_by - p.decided_at, now - p.decided_at)
-                lane.promises.append((p.request.tenant, *kept))
+                decided = p.decided_at
+                lane.promises.append((p.request.tenant, p.promised_by - decided, now - decided))
             self._answer(
                 lane, p, Outcome.COMPLETED, result=result, dispatch=d, replica=r, service_s=service
             )

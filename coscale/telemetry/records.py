@@ -65,6 +65,7 @@ from typing import Any, NamedTuple, overload
 import numpy as np
 import numpy.typing as npt
 
+from coscale.errors import CoscaleError
 from coscale.telemetry.summary import OUTCOME_CODES, RequestRecords, summarize
 from coscale.types import Outcome, ReplicaState, RunSummary
 
@@ -470,8 +471,6 @@ def write_parquet(
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        from coscale.errors import CoscaleError
-
         raise CoscaleError(
             "writing per-request records needs the pyarrow package, which is not installed.",
             fix="Install it: pip install pyarrow.",

@@ -424,7 +424,7 @@ def test_admission_learns_from_kept_promises_and_sees_each_tenants_queue(
         await s.infer("digits", images(1), tenant="free")
         state = lane.astate
         assert isinstance(state, AdmissionState)
-        assert state.of("gold").ordered == pytest.approx(tuple(stretches))
+        assert state.of("gold").stretches_ordered == pytest.approx(tuple(stretches))
         # q 0.995 of 4: the largest, at least 1
         assert state.of("gold").stretch == pytest.approx(max(1.0, stretches[-1]))
         assert not lane.promises  # read, and the last request found the replica free

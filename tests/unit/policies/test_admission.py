@@ -234,7 +234,7 @@ def test_stretch_is_the_quantile_of_recent_stretches() -> None:
     mine = state.of("default")
     assert mine.stretches == (*stretches[5:], 3.0, 3.0, 3.0, 3.0, 3.0)
     assert mine.stretch == pytest.approx(3.0)
-    assert mine.ordered == tuple(sorted(mine.stretches))
+    assert mine.stretches_ordered == tuple(sorted(mine.stretches))
     # no new reports: the state is returned as it is
     _, same = p.decide(req(deadline=100.0), _one_replica(), state)
     assert same is state
@@ -266,7 +266,7 @@ def test_stretch_window_stays_sorted_whatever_the_chunks() -> None:
         state = p.learn(state, tuple(("t", 1.0, s) for s in chunk))
         mine, newest = state.of("t"), stream[-16:]
         assert mine.stretches == pytest.approx(tuple(newest))
-        assert mine.ordered == tuple(sorted(mine.stretches))
+        assert mine.stretches_ordered == tuple(sorted(mine.stretches))
         assert mine.errors_ordered == tuple(sorted(mine.errors))
         if newest:
             expected = sorted(newest)[math.ceil(0.75 * len(newest)) - 1]

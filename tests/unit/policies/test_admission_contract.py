@@ -117,7 +117,7 @@ def test_promises_and_tenant_queues_reach_the_policy_in_the_simulator() -> None:
     for t in ("a", "b"):
         mine = [k / p for u, p, k in seen if u == t][-2048:]
         assert state.of(t).stretches == pytest.approx(tuple(mine))
-        assert state.of(t).ordered == tuple(sorted(state.of(t).stretches))
+        assert state.of(t).stretches_ordered == tuple(sorted(state.of(t).stretches))
 
 
 def test_a_light_tenant_is_admitted_and_on_time_behind_a_flood() -> None:
