@@ -300,11 +300,16 @@ def test_a_bad_model_source_fails_start_with_a_clear_error(backend: LocalBackend
 
 
 def _workers() -> set[int]:
-    return {
-        child.pid
-        for child in psutil.Process().children()
-        if "coscale.runtime.worker" in " ".join(child.cmdline())
-    }
+    """This process's live worker children. A child that exits between the listing and
+    the read of its command line (a zombie, or already reaped) is gone, not a worker."""
+    found = set()
+    for child in psutil.Process().children():
+        try:
+            if "coscale.runtime.worker" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 def test_a_start_cancelled_by_its_caller_leaves_no_worker(backend: LocalBackend) -> None:
