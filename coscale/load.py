@@ -110,19 +110,26 @@ rate over 1-s bins × the time a request is expected to stay (the SLO, at least
 [:data:`MIN_POOL`, :data:`MAX_POOL`]. When every connection is busy a request waits for
 one in the client; that wait counts in its latency (it is measured from the schedule).
 
-The pool is split into several ``httpx.AsyncClient`` of :data:`SHARD_CONNECTIONS` (4)
-connections each, and each open-loop request goes to the client with the fewest requests
-in flight (a closed-loop client keeps its own): httpcore's pool does O(connections) work
-per request (it scans every connection for idleness and expiry), so one pool of 64
-connections costs ~3 ms of client CPU per request on a 2-core machine against ~0.9 ms for
-16 pools of 4 — measured against ``GET /healthz``, and the client shares the cores with
-the server.
+The requests go through :mod:`coscale.loadclient` (``http_client="lean"``, the default):
+one pool of keep-alive HTTP/1.1 connections over asyncio protocols, responses parsed by
+httptools in C. A request waits for a connection on an ``asyncio.Semaphore`` (O(1),
+however long the backlog: a server that stalls under open-loop load must not make its
+load generator spend O(backlog) CPU per response and starve the server it shares the
+cores with). It costs about 0.25 ms of client CPU per request against 1.5 ms for httpx
+on this project's 2-core machine (``benchmarks/bench_load_client.py``; the figures are
+in ``docs/benchmarks.md``), and the load generator shares the cores with the server it
+measures, so the difference is the server's.
 
-A request waits for one of its client's connections on an ``asyncio.Semaphore`` of the
-client's size, never inside httpcore's pool: httpcore rescans every waiting request
-whenever a connection frees up, so a backlog of thousands (a server that stalls under
-open-loop load) costs the client O(backlog) CPU per response — the load generator then
-collapses and starves the server it shares the cores with. The semaphore's wait is O(1).
+httpx is used for the probes (``/readyz``, ``/v1/models``, ``/v1/stats``), for https
+URLs, for a custom ``transport`` (tests: ``httpx.ASGITransport``) and when
+``http_client="httpx"``. Its pool is then split into several ``httpx.AsyncClient`` of
+:data:`SHARD_CONNECTIONS` (4) connections each, and each open-loop request goes to the
+client with the fewest requests in flight (a closed-loop client keeps its own):
+httpcore's pool does O(connections) work per request, so one pool of 64 connections
+costs ~3 ms of client CPU per request against ~0.9 ms for 16 pools of 4 (measured
+against ``GET /healthz``); a request waits for one of its client's connections on a
+semaphore too, never inside httpcore's pool (which rescans every waiting request
+whenever a connection frees up).
 
 An idle connection is dropped after :data:`KEEPALIVE_EXPIRY_S` (2 s), well before the
 server closes it (uvicorn: 5 s; httpx's default, 5 s too, races with it: a request
@@ -150,6 +157,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from coscale.clock import Clock, SystemClock
 from coscale.errors import CoscaleError, InvalidInputError, UnknownModelError
+from coscale.loadclient import (
+    ClientError,
+    ConnectFailed,
+    ConnectionPool,
+    PeerClosed,
+    encode_request,
+)
 from coscale.runtime.wire import NPY_MEDIA_TYPE, decode_npy, encode_npy
 from coscale.sim.workloads import Workload, poisson
 from coscale.telemetry.summary import OUTCOME_CODES, RequestRecords, summarize
@@ -270,6 +284,11 @@ class LoadConfig(BaseModel):
         repr=False,
         description="API key sent as `Authorization: Bearer KEY` on every request (a "
         "server with tenants); never written to the summary.",
+    )
+    http_client: Literal["lean", "httpx"] = Field(
+        default="lean",
+        description="The client that sends the requests: `lean` (coscale.loadclient, a "
+        "small fraction of httpx's CPU per request) or `httpx`; https URLs always use httpx.",
     )
     preset: str | None = Field(default=None, description="Label for the summary's preset.")
     scenario: str | None = Field(default=None, description="Label for the summary's scenario.")
@@ -737,11 +756,11 @@ def classify_exception(exc: BaseException) -> tuple[Outcome, str]:
     """(outcome, error code) of a request that got no response (module docstring)."""
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return Outcome.FAILED, "client_timeout"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError | ConnectFailed):
         return Outcome.FAILED, "connect_error"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, httpx.RemoteProtocolError | PeerClosed):
         return Outcome.FAILED, "connection_closed"
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, httpx.TransportError | ClientError | OSError):
         return Outcome.FAILED, "connection_error"
     return Outcome.FAILED, f"client_error:{type(exc).__name__}"
 
@@ -932,12 +951,65 @@ ProgressFn = Callable[[LoadProgress], None]
 Hook = tuple[float, Callable[[], Any]]
 
 
+class _HttpxSender:
+    """Requests through httpx: the pool split into clients of at most
+    :data:`SHARD_CONNECTIONS` connections (module docstring, "Connection pool"); an
+    open-loop request goes to the client with the fewest requests in flight (lowest index
+    on ties), a closed-loop client keeps its own (``lane``)."""
+
+    def __init__(
+        self, clients: list[httpx.AsyncClient], sizes: list[int], path: str, headers: dict[str, str]
+    ) -> None:
+        self.clients, self.path, self.headers = clients, path, headers
+        self.lanes = len(clients)
+        self.busy = [0] * len(clients)
+        # a custom transport (tests: ASGI) has no connection pool to mirror: no gates
+        self.gates = [asyncio.Semaphore(n) for n in sizes]
+
+    def gate(self, k: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self.gates[k] if self.gates else contextlib.nullcontext()
+
+    async def post(
+        self, bank_index: int, body: bytes, lane: int | None, on_wire: Callable[[], None]
+    ) -> tuple[int, bytes]:
+        busy = self.busy
+        k = busy.index(min(busy)) if lane is None else lane
+        busy[k] += 1
+        try:
+            async with self.gate(k):
+                on_wire()
+                resp = await self.clients[k].post(self.path, content=body, headers=self.headers)
+                return resp.status_code, await resp.aread()
+        finally:
+            busy[k] -= 1
+
+
+class _LeanSender:
+    """Requests through :class:`coscale.loadclient.ConnectionPool`: one pool of
+    ``connections``; each bank body's request bytes are encoded once, on first use."""
+
+    lanes = 1
+
+    def __init__(self, pool: ConnectionPool, path: str, host: str, headers: dict[str, str]) -> None:
+        self.pool, self.path, self.host, self.headers = pool, path, host, headers
+        self.encoded: dict[int, bytes] = {}
+
+    async def post(
+        self, bank_index: int, body: bytes, lane: int | None, on_wire: Callable[[], None]
+    ) -> tuple[int, bytes]:
+        data = self.encoded.get(bank_index)
+        if data is None:
+            data = encode_request("POST", self.path, self.host, self.headers, body)
+            self.encoded[bank_index] = data
+        response = await self.pool.request(data, on_wire)
+        return response.status, response.body
+
+
 @dataclass(eq=False)
 class _Run:
     """The mutable state of one run (the event loop only touches it)."""
 
-    shards: list[httpx.AsyncClient]
-    path: str
+    sender: _HttpxSender | _LeanSender
     config: LoadConfig
     payloads: PayloadBank
     clock: Clock
@@ -946,44 +1018,26 @@ class _Run:
     sent: int = 0
     answered: int = 0
     counts: Counter[Outcome] = field(default_factory=Counter)
-    busy: list[int] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    gates: list[asyncio.Semaphore] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.busy = [0] * len(self.shards)
-        self.gates = [asyncio.Semaphore(n) for n in self.sizes]  # none: no pool limits
-
-    def gate(self, k: int) -> contextlib.AbstractAsyncContextManager[Any]:
-        """Wait for a connection of shard ``k`` (module docstring, "Connection pool")."""
-        return self.gates[k] if self.gates else contextlib.nullcontext()
 
     def now(self) -> float:
         return self.clock.now() - self.t0
 
-    def idlest(self) -> int:
-        """The shard with the fewest requests in flight (lowest index on ties)."""
-        busy = self.busy
-        return busy.index(min(busy))
-
-    async def send(self, r: RequestResult, shard: int | None = None) -> None:
-        """Send ``r``'s request on ``shard`` (default: the idlest) and record its
-        outcome; never raises (but cancellation)."""
+    async def send(self, r: RequestResult, lane: int | None = None) -> None:
+        """Send ``r``'s request (on ``lane``, a closed-loop client's own; default: the
+        sender's choice) and record its outcome; never raises (but cancellation)."""
         b = self.payloads.pick(r.index, r.seq_len)
         labels = self.payloads.labels[b] if self.payloads.labels is not None else None
-        k = self.idlest() if shard is None else shard
-        self.busy[k] += 1
         r.sent = self.now()
         self.sent += 1
+
+        def on_wire() -> None:
+            r.wired = self.now()
+
         try:
-            async with asyncio.timeout(self.config.timeout_s), self.gate(k):
-                r.wired = self.now()
-                resp = await self.shards[k].post(
-                    self.path, content=self.payloads.bodies[b], headers=self.payloads.headers
-                )
-                body = await resp.aread()
-            r.status = resp.status_code
-            outcome, code = classify_status(resp.status_code, body)
+            async with asyncio.timeout(self.config.timeout_s):
+                status, body = await self.sender.post(b, self.payloads.bodies[b], lane, on_wire)
+            r.status = status
+            outcome, code = classify_status(status, body)
             if outcome is Outcome.COMPLETED:
                 ok, correct = check_outputs(
                     body, self.payloads.items, labels, binary=self.payloads.binary
@@ -994,8 +1048,6 @@ class _Run:
                     outcome, code = Outcome.FAILED, "bad_response"
         except Exception as exc:
             outcome, code = classify_exception(exc)
-        finally:
-            self.busy[k] -= 1
         r.finish = self.now()
         r.outcome, r.error = outcome, code
         self.answered += 1
@@ -1047,11 +1099,11 @@ async def _closed_loop(run: _Run, clients: int, duration_s: float) -> None:
     await asyncio.sleep(max(0.0, -run.now()))  # time 0 is START_DELAY_S ahead
 
     async def client(k: int) -> None:
-        shard = k * len(run.shards) // clients
+        lane = k * run.sender.lanes // clients
         while run.now() < duration_s and len(run.records) < limit:
             r = RequestResult(len(run.records), run.now(), items=run.config.items)
             run.records.append(r)
-            await run.send(r, shard)
+            await run.send(r, lane)
 
     await asyncio.gather(*(client(k) for k in range(clients)))
 
@@ -1157,9 +1209,16 @@ async def run_load(
     timeout = httpx.Timeout(config.timeout_s, pool=None)
     probe_limits = httpx.Limits(max_connections=4)
     auth = auth_headers(config.api_key)
-    async with httpx.AsyncClient(
-        base_url=base, timeout=timeout, limits=probe_limits, transport=transport, headers=auth
-    ) as probe:
+    async with contextlib.AsyncExitStack() as stack:
+        probe = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=base,
+                timeout=timeout,
+                limits=probe_limits,
+                transport=transport,
+                headers=auth,
+            )
+        )
         if config.wait_ready_s > 0 and not await wait_ready(probe, config.wait_ready_s, clock):
             raise CoscaleError(
                 f"{config.url} was not ready within {config.wait_ready_s:g} s.",
@@ -1168,42 +1227,26 @@ async def run_load(
             )
         info = await _model_info(probe, config)
         before = await _get_json(probe, "/v1/stats")
-    slo_ms = config.slo_ms if config.slo_ms is not None else info.get("slo_ms")
-    slo_s = float(slo_ms) / 1000.0 if isinstance(slo_ms, int | float) and slo_ms > 0 else None
-    payloads = build_payloads(
-        _payload_kind(config, info),
-        items=config.items,
-        seed=config.seed,
-        seq_lens=schedule.seq_lens if schedule is not None else None,
-        input_specs=info.get("inputs") if isinstance(info.get("inputs"), list) else None,
-        binary=config.binary,
-    )
-    connections = config.connections or pool_size(
-        schedule, concurrency=config.concurrency, slo_s=slo_s, timeout_s=config.timeout_s
-    )
-    duration = schedule.duration_s if schedule is not None else float(config.duration_s or 0)
-    planned = len(schedule) if schedule is not None else None
-    limits = _shard_limits(connections)
-    async with contextlib.AsyncExitStack() as stack:
-        shards = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=base, timeout=timeout, limits=lim, transport=transport, headers=auth
-                )
-            )
-            for lim in limits
-        ]
-        http = shards[0]
-        run = _Run(
-            shards,
-            f"/v1/models/{config.model}/infer",
-            config,
-            payloads,
-            clock,
-            t0=clock.now() + START_DELAY_S,
-            # a custom transport (tests: ASGI) has no connection pool to mirror
-            sizes=[lim.max_connections or 1 for lim in limits] if transport is None else [],
+        slo_ms = config.slo_ms if config.slo_ms is not None else info.get("slo_ms")
+        slo_s = float(slo_ms) / 1000.0 if isinstance(slo_ms, int | float) and slo_ms > 0 else None
+        payloads = build_payloads(
+            _payload_kind(config, info),
+            items=config.items,
+            seed=config.seed,
+            seq_lens=schedule.seq_lens if schedule is not None else None,
+            input_specs=info.get("inputs") if isinstance(info.get("inputs"), list) else None,
+            binary=config.binary,
         )
+        connections = config.connections or pool_size(
+            schedule, concurrency=config.concurrency, slo_s=slo_s, timeout_s=config.timeout_s
+        )
+        duration = schedule.duration_s if schedule is not None else float(config.duration_s or 0)
+        planned = len(schedule) if schedule is not None else None
+        path = f"/v1/models/{config.model}/infer"
+        sender = await _make_sender(
+            stack, config, base, path, auth | payloads.headers, connections, transport, clock
+        )
+        run = _Run(sender, config, payloads, clock, t0=clock.now() + START_DELAY_S)
         side = [asyncio.create_task(_hook(run, at, fn)) for at, fn in hooks]
         if on_progress is not None:
             side.append(asyncio.create_task(_ticker(run, on_progress, duration, planned)))
@@ -1218,7 +1261,7 @@ async def run_load(
             await asyncio.gather(*side, return_exceptions=True)
         if on_progress is not None:
             on_progress(run.progress(duration, planned))
-        after = await _get_json(http, "/v1/stats") if before is not None else None
+        after = await _get_json(probe, "/v1/stats") if before is not None else None
     offered = schedule.offered_rps if schedule is not None else 0.0
     summary = summarize_load(
         run.records,
@@ -1275,6 +1318,39 @@ def _shard_limits(connections: int) -> list[httpx.Limits]:
         )
         left -= n
     return out
+
+
+async def _make_sender(
+    stack: contextlib.AsyncExitStack,
+    config: LoadConfig,
+    base: str,
+    path: str,
+    headers: dict[str, str],
+    connections: int,
+    transport: httpx.AsyncBaseTransport | None,
+    clock: Clock,
+) -> _HttpxSender | _LeanSender:
+    """The lean client for a plain-http server (``config.http_client`` "lean", no custom
+    transport); httpx clients otherwise (https, tests' ASGI transport, or asked for)."""
+    url = httpx.URL(base)
+    if config.http_client == "lean" and transport is None and url.scheme == "http":
+        port = url.port or 80
+        pool = ConnectionPool(
+            url.host, port, connections, keepalive_expiry_s=KEEPALIVE_EXPIRY_S, clock=clock.now
+        )
+        stack.callback(pool.close)
+        host = url.host if ":" not in url.host else f"[{url.host}]"
+        return _LeanSender(pool, path, f"{host}:{port}", headers)
+    timeout = httpx.Timeout(config.timeout_s, pool=None)
+    limits = _shard_limits(connections)
+    clients = [
+        await stack.enter_async_context(
+            httpx.AsyncClient(base_url=base, timeout=timeout, limits=lim, transport=transport)
+        )
+        for lim in limits
+    ]
+    sizes = [lim.max_connections or 1 for lim in limits] if transport is None else []
+    return _HttpxSender(clients, sizes, path, headers)
 
 
 def run_load_sync(config: LoadConfig, **kwargs: Any) -> LoadResult:
