@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from coscale.errors import CoscaleError
 from coscale.policies.variant import LatencyMap, predicted_service_s
-from coscale.types import AdmissionDecision, ModelView, ReplicaState, Request, Snapshot
+from coscale.types import (
+    AdmissionDecision,
+    ModelView,
+    ReplicaState,
+    ReplicaView,
+    Request,
+    Snapshot,
+)
 
 #: The least share of the capacity that admission expects a tenant outside the first
 #: class (over its reserved share) to get while it waits.
@@ -57,11 +64,13 @@ class MarginState:
 @dataclass(frozen=True, slots=True)
 class AdmissionState:
     """:class:`DeadlineAdmission`'s state: one :class:`MarginState` per tenant that has
-    reported kept promises, sorted by tenant; and each tenant's demand as ``(tenant, items/s,
-    as of time)``, sorted by tenant (:func:`fold_demand`)."""
+    reported kept promises, sorted by tenant; each tenant's demand as ``(tenant, items/s,
+    as of time)``, sorted by tenant (:func:`fold_demand`); and each READY replica's
+    demonstrated speed as ``(replica id, smoothed, peak, at, since)`` (:func:`fold_speeds`)."""
 
     tenants: tuple[tuple[str, MarginState], ...] = ()
     demand: tuple[tuple[str, float, float], ...] = ()
+    speeds: tuple[tuple[str, float, float, float, float], ...] = ()
 
     def of(self, tenant: str) -> MarginState:
         """``tenant``'s window (empty if it has reported none). O(T)."""
@@ -119,6 +128,51 @@ def demand_rates(
 ) -> dict[str, float]:
     """Each tenant's demand decayed to ``now`` (items/s)."""
     return {t: r * math.exp(-max(0.0, now - at) / tau_s) for t, r, at in demand}
+
+
+Speeds = tuple[tuple[str, float, float, float, float], ...]
+
+
+def fold_speeds(
+    speeds: Speeds, ready: Sequence[ReplicaView], now: float, smooth_s: float, tau_s: float
+) -> Speeds:
+    """Each READY replica's demonstrated speed, as ``(replica id, smoothed, peak, at,
+    since)``, sorted by replica id; O(R).
+
+    The observed gross speed ``v = max(capacity_rps, rate)`` (its speed while busy) is
+    noisy — ``rate`` is an EWMA of per-batch ``items / service_s``, which swings by
+    ±40 % between batches of MiniLM — so it is first smoothed in time, then its peak is
+    held: with ``Δ = now − at``,
+
+    * ``smoothed ← smoothed + (1 − exp(−Δ / smooth_s)) · (v − smoothed)`` (``= v`` on
+      first sight, ``since ← now``);
+    * ``peak ← max(peak · exp(−Δ / τ), smoothed)`` once the entry is ``smooth_s`` old
+      (0 before: a first outlier does not set the peak); the peak decays with ``τ``
+      (``tau_s``).
+
+    The replica's speed is ``max(peak, smoothed)`` (:func:`shown_speed`): the smoothed
+    value while young, the held peak after. Replicas no longer READY lose their entry
+    (one that comes back starts again)."""
+    old = {e[0]: e[1:] for e in speeds}
+    out = []
+    for r in ready:
+        v = max(r.capacity_rps, r.rate)
+        if r.id not in old:
+            out.append((r.id, v, 0.0, now, now))
+            continue
+        smoothed, peak, at, since = old[r.id]
+        gap = max(0.0, now - at)
+        smoothed += (1.0 - math.exp(-gap / smooth_s)) * (v - smoothed)
+        if now - since >= smooth_s:
+            peak = max(peak * math.exp(-gap / tau_s), smoothed)
+        out.append((r.id, smoothed, peak, now, since))
+    return tuple(sorted(out))
+
+
+def shown_speed(speeds: Speeds) -> float:
+    """Σ over ``speeds`` of each replica's ``max(peak, smoothed)`` (items/s), as of its
+    last fold (:func:`fold_speeds`)."""
+    return sum(max(e[1], e[2]) for e in speeds)
 
 
 def within_share(
@@ -297,11 +351,20 @@ class DeadlineAdmission:
     as a rate per tenant decayed over ``demand_tau_s`` (default 3 s: a flood is
     recognized within a few seconds, and a tenant at 60 req/s is estimated within
     about 7 %, :func:`fold_demand`); within share: :func:`within_share` over those rates, the
-    weights of ``tenant_queues`` and the *gross* capacity ``Σ_{i∈R} max(c_i,
-    rate_i)`` — the replicas' speed while busy, not what they net after the server's
-    overhead: a flood's cost to the server (parsing and refusing its requests cut a
-    MiniLM replica's net rate by a fifth) is charged to the flooder, not to the tenants
-    within their shares — with ``reserve_headroom``. "Ahead" then counts each tenant's
+    weights of ``tenant_queues`` and the replicas' *demonstrated* speed, with
+    ``reserve_headroom``. Demonstrated speed (:func:`fold_speeds`): per READY replica, the
+    held peak of its gross speed ``max(c_i, rate_i)`` (its speed while busy, not what it
+    nets after the server's overhead) smoothed over ``speed_smooth_s`` (default 5 s; the
+    peak of the unsmoothed, noisy rate overstated a MiniLM replica's speed by 60 %, and a
+    flooder then stayed "within its share" for 2–3 s), decaying with ``speed_tau_s``
+    (default 300 s). Both
+    choices keep a flood's cost to the server off the tenants within their shares: a
+    flood's parsing and refusing took CPU from the worker and cut a MiniLM replica's net
+    rate by a fifth, and its measured speed by up to 40 % for 15 s at a time (measured:
+    at the replica's current speed, a tenant at exactly its share was classified over it
+    for those 15 s and 7 % of its requests were refused); the decay lets a replica
+    that has really become slower (another program on the machine) lower the shares
+    within minutes. "Ahead" then counts each tenant's
     waiting requests in its class (:func:`fair_ahead`), and a request outside the
     first class is also overtaken by the first class's *future* arrivals while it
     waits: its wait is predicted at ``capacity − Σ_{t first} d_t`` (at least
@@ -328,6 +391,8 @@ class DeadlineAdmission:
     initial_stretch: float = 2.0
     reserve_headroom: float | None = 0.25
     demand_tau_s: float = 3.0
+    speed_smooth_s: float = 5.0
+    speed_tau_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.no_capacity_retry_s < 0:
@@ -345,12 +410,14 @@ class DeadlineAdmission:
                 code="invalid_policy_params",
             )
         if (self.reserve_headroom is not None and self.reserve_headroom < 0) or not (
-            self.demand_tau_s > 0
+            self.demand_tau_s > 0 and self.speed_tau_s > 0 and self.speed_smooth_s > 0
         ):
             raise CoscaleError(
-                f"deadline: reserve_headroom={self.reserve_headroom} must be >= 0 (or null) "
-                f"and demand_tau_s={self.demand_tau_s} > 0",
-                fix="use reserve_headroom 0.25 (null: no reserved shares) and demand_tau_s 3",
+                f"deadline: reserve_headroom={self.reserve_headroom} must be >= 0 (or null), "
+                f"demand_tau_s={self.demand_tau_s}, speed_smooth_s={self.speed_smooth_s} and "
+                f"speed_tau_s={self.speed_tau_s} > 0",
+                fix="use reserve_headroom 0.25 (null: no reserved shares), demand_tau_s 3, "
+                "speed_smooth_s 5 and speed_tau_s 300",
                 code="invalid_policy_params",
             )
         if not 0.0 <= self.max_margin_ratio < 1.0 or not self.initial_stretch >= 1.0:
@@ -450,7 +517,9 @@ class DeadlineAdmission:
         speed = capacity
         if fair:
             rates = demand_rates(state.demand, now, self.demand_tau_s)
-            gross = sum(max(r.capacity_rps, r.rate) for r in ready)
+            speeds = fold_speeds(state.speeds, ready, now, self.speed_smooth_s, self.speed_tau_s)
+            state = replace(state, speeds=speeds)
+            gross = shown_speed(speeds)
             first = self._within_share(view, rates, gross)
             if request.tenant not in first:
                 taken = sum(rates.get(t, 0.0) for t in first)

@@ -19,6 +19,8 @@ from coscale.policies.admission import (
     demand_rates,
     fair_ahead,
     fold_demand,
+    fold_speeds,
+    shown_speed,
     within_share,
 )
 from coscale.types import (
@@ -648,6 +650,58 @@ def test_requests_refused_before_admission_count_as_demand() -> None:
     assert p.decide(req(tenant="b", deadline=20.0), _flooded(), state)[0].priority
     d, _ = p.decide(req(tenant="b", deadline=20.0), _flooded((("b", 1),) * 700), state)
     assert d.admit and not d.priority
+
+
+def test_fold_speeds_smooths_then_holds_each_replica_peak() -> None:
+    def fold(speeds: Any, now: float, **kw: float) -> Any:
+        return fold_speeds(speeds, [rep(str(kw.pop("rid", "r1")), **kw)], now, 5.0, 300.0)
+
+    first = fold((), 0.0, capacity_rps=100.0, rate=80.0)
+    # first sight: smoothed = max(capacity, rate), no peak held yet
+    assert first == (("r1", 100.0, 0.0, 0.0, 0.0),) and shown_speed(first) == 100.0
+    young = fold(first, 1.0, capacity_rps=50.0)
+    assert young[0][2] == 0.0 and shown_speed(young) == pytest.approx(50 + 50 * math.exp(-0.2))
+    steady = young
+    for k in range(2, 31):  # 30 s at 100 items/s, one decision a second
+        steady = fold(steady, float(k), capacity_rps=100.0)
+    assert shown_speed(steady) == pytest.approx(100.0, rel=1e-3)
+    # one outlier moves the smoothed value by 1 − exp(−1/5) of the jump, not all of it
+    spike = fold(steady, 31.0, capacity_rps=300.0)
+    assert spike[0][1] == pytest.approx(100.0 + 200.0 * (1 - math.exp(-0.2)), rel=1e-3)
+    # 15 s at 60 (a flood's cost): the peak stays near 100, decayed by exp(−15/300)
+    slow = steady
+    for k in range(31, 46):
+        slow = fold(slow, float(k), capacity_rps=60.0)
+    assert slow[0][1] < 65.0
+    assert shown_speed(slow) == pytest.approx(shown_speed(steady) * math.exp(-15 / 300), rel=1e-3)
+    # a replica no longer READY leaves; a new one starts afresh
+    assert fold(slow, 46.0, rid="r2", rate=70.0) == (("r2", 70.0, 0.0, 46.0, 46.0),)
+
+
+def _flooded_at(time: float, capacity: float) -> Snapshot:
+    view = ModelView(
+        "m", arrival_rate=0.0, queue_length=60, tenant_queues=(("a", 58, 1.0), ("b", 2, 1.0))
+    )
+    return Snapshot(time, (view,), (rep("a", capacity_rps=capacity, outstanding=2),))
+
+
+@pytest.mark.parametrize("tau", [300.0, 1.0])
+def test_a_tenant_at_its_share_stays_first_while_the_flood_slows_the_replica(tau: float) -> None:
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES, speed_tau_s=tau, demand_tau_s=1e9)
+    state = _demand(a=250.0, b=45.0)
+    for k in range(31):  # 30 s at capacity 100: the demonstrated speed reaches ~100
+        d, state = p.decide(
+            req(tenant="b", arrival=k, deadline=k + 30), _flooded_at(k, 100.0), state
+        )
+    # a floods: level ~50, b at 45 is within (≤ 1.25 · 50)
+    assert d.priority
+    # then for 15 s the flood's cost cuts the replica's speed to 60: at that speed b's
+    # share would be 30 (· 1.25 = 37.5 < 45); the held peak keeps b first
+    for k in range(31, 46):
+        d, state = p.decide(
+            req(tenant="b", arrival=k, deadline=k + 30), _flooded_at(k, 60.0), state
+        )
+    assert d.priority is (tau == 300.0)
 
 
 def test_reserve_off_or_fifo_queue_gives_no_priority() -> None:
