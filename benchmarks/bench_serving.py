@@ -74,7 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,8 @@ class CoscaleServer:
     folder: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    #: extra environment variables of the server process (``--server-env``)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -197,7 +199,11 @@ class CoscaleServer:
         self.err = self.folder / f"serve-{self.port}.err"
         # cwd: the temporary folder, so the installed coscale is imported (not ./coscale)
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=self.err.open("wb"), cwd=self.folder
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=self.err.open("wb"),
+            cwd=self.folder,
+            env={**os.environ, **self.env},
         )
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
@@ -363,6 +369,17 @@ def _cpu_now(server_pid: int | None) -> tuple[float, float, float]:
 # ------------------------------------------------------------------------------ part A
 
 
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    """``--server-env NAME=VALUE`` pairs as a dict (a malformed one exits 2)."""
+    out = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--server-env {item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
 def pick_variant(source: str, given: str | None) -> tuple[str, Path | None]:
     """The variant to pin (``given``, else the profile's best meeting the floor)."""
     from coscale.catalog.profiles import default_profile_path, load_profile
@@ -418,7 +435,7 @@ def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str
         max_batch=max(spec["max_batch"], *items_list),
     )
     rows = []
-    with CoscaleServer(scenario, profile, folder) as server:
+    with CoscaleServer(scenario, profile, folder, env=server_env(args)) as server:
         log(f"  serving at {server.url}")
         warm = LoadConfig(url=server.url, model=spec["name"], concurrency=2, duration_s=2.0)
         asyncio.run(run_load(warm))
@@ -541,7 +558,7 @@ def bench_thin(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     scenario = write_scenario(
         folder, "digits-cnn", variant=variant, preset=args.preset, batching=triton
     )
-    with CoscaleServer(scenario, profile, folder) as server:
+    with CoscaleServer(scenario, profile, folder, env=server_env(args)) as server:
         fresh = asyncio.run(_http_layer(server.url, 3.0 if args.quick else 10.0))
     fresh["http_layer_ms"] = fresh["client_p50_ms"] - fresh["server_p50_ms_cumulative"]
     out["http"] = fresh
@@ -571,6 +588,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-limit", action="store_true")
     parser.add_argument("--skip-thin", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of the server process only (not of the offline "
+        "measurement), e.g. COSCALE_ORT_SPINNING=0; repeatable",
+    )
     args = parser.parse_args(argv)
     args.items = tuple(int(x) for x in args.items.split(",")) if args.items else None
     args.trial_s = args.trial_s or (3.0 if args.quick else 10.0)
