@@ -38,6 +38,15 @@ Reconciling (:func:`reconcile`), per target key (model, variant, node type, spot
   cores of this machine), draining ones included: starts beyond it are deferred to the
   next decision, after draining idle cover replicas on that node type to make room.
 
+Reactions to bursts
+-------------------
+When the allocation policy reacts to bursts between decisions (it has a ``react``
+method and a ``react_interval_s`` that is not None: the predictive policy with
+``burst_ratio``), every ``react_interval_s`` the controller gives it the short window's
+snapshot (:meth:`DataPlane.burst_snapshot`: arrivals over the window, the queue now) and
+applies the plan it returns, if any (:meth:`Controller.react`). The policy's state is the
+one its decisions carry, so the capacity a reaction adds is held like any decision's.
+
 Failures
 --------
 A replica that dies (``ReplicaDied``) or fails its health check is replaced at once
@@ -369,6 +378,7 @@ class Controller:
         self.planned: dict[str, int] = {}
         self.covers: dict[str, set[str]] = {}
         self.decisions = 0
+        self.reactions = 0
         self.deferred = 0
         self.replacements = 0
         self.health_failures = 0
@@ -384,6 +394,26 @@ class Controller:
         plan, self.state = self.allocation.decide(snapshot, self.state)
         self.decisions += 1
         self.plans.append(plan)
+        return plan
+
+    @property
+    def react_interval_s(self) -> float | None:
+        """Seconds between reactions to bursts; None when the policy has none."""
+        if not callable(getattr(self.allocation, "react", None)):
+            return None
+        interval = getattr(self.allocation, "react_interval_s", None)
+        return float(interval) if interval else None
+
+    def react(self) -> Plan | None:
+        """One reaction step (module docstring): the short window's snapshot, the policy's
+        ``react``, and the plan applied if it returned one."""
+        snapshot = self.plane.burst_snapshot(self.clock.now())
+        plan, self.state = self.allocation.react(snapshot, self.state)  # type: ignore[attr-defined]
+        if plan is None:
+            return None
+        self.reactions += 1
+        self.plans.append(plan)
+        self.apply(plan)
         return plan
 
     def snapshot(self, now: float) -> Snapshot:
@@ -478,6 +508,8 @@ class Controller:
             asyncio.ensure_future(self._guard(self._control_loop)),
             asyncio.ensure_future(self._guard(self._health_loop)),
         ]
+        if self.react_interval_s is not None:
+            self._tasks.append(asyncio.ensure_future(self._guard(self._react_loop)))
 
     async def _guard(self, body: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -499,6 +531,20 @@ class Controller:
                 log.exception("controller: the plan could not be applied")
             next_at += self.interval_s
             next_at = max(next_at, self.clock.now())
+
+    async def _react_loop(self) -> None:
+        interval = self.react_interval_s
+        assert interval is not None
+        self.plane.burst_snapshot(self.clock.now())  # the first window starts now
+        next_at = self.clock.now() + interval
+        while True:
+            await sleep_until(self.plane.call_at, next_at)
+            try:
+                self.react()
+            except CoscaleError:
+                self.errors += 1
+                log.exception("controller: the burst plan could not be applied")
+            next_at = max(next_at + interval, self.clock.now())
 
     async def _health_loop(self) -> None:
         while True:

@@ -414,6 +414,7 @@ class Lane:
             call_at=plane.call_at,
         )
         self.arrivals_tick = 0
+        self.arrivals_burst = 0  # since the last burst window (Controller's reactions)
         self.latencies_tick: list[float] = []
         self.requeued = 0
 
@@ -525,6 +526,7 @@ class DataPlane:
         self.history: list[LiveReplica] = []
         self.accounts = _Accounts()
         self.window_start = clock.now()
+        self.burst_start = self.window_start
         self._ids = itertools.count()
         self._replica_ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -539,7 +541,7 @@ class DataPlane:
 
         self._loop = loop or asyncio.get_running_loop()
         self._scheduler = loop_scheduler(self.clock, self._loop)
-        self.window_start = self.clock.now()
+        self.window_start = self.burst_start = self.clock.now()
         self.accepting = True
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
@@ -617,6 +619,7 @@ class DataPlane:
         )
         if self.accepting:  # demand the controller sees, even when no replica can take it
             lane.arrivals_tick += 1
+            lane.arrivals_burst += 1
         if not self.accepting or not lane.has_capacity_coming():
             self._reject(lane, request, "not_ready")
             why = "shutting down" if self.closed or not self.accepting else "no replica yet"
@@ -1035,6 +1038,27 @@ class DataPlane:
                 )
         self.window_start = now
         return TelemetryWindow(start, now, tuple(models)), tuple(samples)
+
+    def burst_snapshot(self, now: float) -> Snapshot:
+        """The short window since the previous call (or the start) for the allocation
+        policy's ``react``: per model ``arrival_rate`` = arrivals in the window / its
+        length and the queue now; every replica's view. Starts the next window."""
+        span = now - self.burst_start
+        models = []
+        for lane in self.lanes.values():
+            models.append(
+                ModelView(
+                    lane.name,
+                    arrival_rate=lane.arrivals_burst / span if span > 0 else 0.0,
+                    queue_length=len(lane.batcher),
+                    slo_s=lane.slo_s,
+                    accuracy_floor=lane.setup.accuracy_floor,
+                )
+            )
+            lane.arrivals_burst = 0
+        self.burst_start = now
+        views = tuple(r.view(now) for r in self.live_replicas())
+        return Snapshot(now, tuple(models), views)
 
     def set_utilization(self, views: Iterable[ReplicaView]) -> None:
         """Keep each replica's utilization of the last interval (shown in its views)."""

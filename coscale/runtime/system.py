@@ -384,6 +384,7 @@ class ServingSystem:
             },
             "control_interval_s": self.policies.interval_s,
             "decisions": self.controller.decisions,
+            "reactions": self.controller.reactions,
             "replicas_started": self.plane.accounts.started,
             "replicas_failed": self.plane.accounts.failed,
             "replica_start_failures": self.plane.accounts.start_failures,
@@ -433,6 +434,13 @@ class ServingSystem:
         out.append(Gauge("energy_joules", "Energy so far (catalog linear power model).", energy))
         out.append(
             Gauge("controller_decisions", "Allocation decisions taken.", self.controller.decisions)
+        )
+        out.append(
+            Gauge(
+                "controller_reactions",
+                "Plans applied between decisions in reaction to a burst.",
+                self.controller.reactions,
+            )
         )
         return out
 

@@ -76,6 +76,14 @@ while STARTING), calls ``allocation.decide`` and reconciles to the plan:
 The run starts with ``initial`` replicas READY at time 0 (the scenario's ``count`` nodes,
 see :mod:`coscale.sim.run`).
 
+**Reactions to bursts**: when the allocation policy has a ``react`` method and a
+``react_interval_s`` (the predictive policy with ``burst_ratio``), every
+``react_interval_s`` from the start it is given the short window's snapshot (per model:
+arrivals since the previous reaction / the window, the queue now; every replica's
+view) and a plan it returns is reconciled as above — the live controller's loop
+(:mod:`coscale.runtime.controller`, "Reactions to bursts"); the fluid simulator does the
+same on its steps.
+
 Faults
 ------
 Each replica draws its death time from :class:`~coscale.sim.faults.FaultModel` when its
@@ -349,6 +357,7 @@ class _Model:
         "admission",
         "admit_all",
         "aggregate",
+        "arrivals_burst",
         "arrivals_sample",
         "arrivals_tick",
         "astate",
@@ -419,6 +428,7 @@ class _Model:
         self.n_idle = 0
         self.wake_at: float | None = None
         self.arrivals_tick = 0
+        self.arrivals_burst = 0
         self.arrivals_sample = 0
         self.completed_sample = 0
         self.miss_sample = 0
@@ -577,6 +587,11 @@ class ClusterSimulator:
         self._max_alive = 0
         # counters
         self._decisions = 0
+        self._reactions = 0
+        self._last_react = 0.0
+        react = getattr(allocation, "react", None)
+        interval = getattr(allocation, "react_interval_s", None)
+        self._react_interval = float(interval) if callable(react) and interval else None
         self._deferred = 0
         self._faults_n = {"preemption": 0, "failure": 0}
         self._requeued = 0
@@ -605,6 +620,8 @@ class ClusterSimulator:
                 self._start_replica(m, group, t.spot, ready_now=True)
         self._start_arrivals()
         self._post(self._interval, self._tick)
+        if self._react_interval is not None:
+            self._post(self._react_interval, self._react)
         self._post(min(self._sample_interval, max(self._duration, 1e-9)), self._sample)
         self._post(self._duration, self._check_done)
         total = self._duration
@@ -758,6 +775,7 @@ class ClusterSimulator:
         """Admission, then the queue (and a dispatch if a replica is free)."""
         now = self._arrival[rid]
         m.arrivals_tick += 1
+        m.arrivals_burst += 1
         m.arrivals_sample += 1
         request = Request(
             rid,
@@ -1253,6 +1271,35 @@ class ClusterSimulator:
         if now + self._interval < self._horizon:
             self._post(now + self._interval, self._tick)
 
+    def _react(self) -> None:
+        """The allocation policy's reaction to bursts (module docstring, "Control
+        loop"): the short window's snapshot, ``allocation.react``, the plan reconciled."""
+        now = self._now()
+        if self._done_at is not None:
+            return
+        span = now - self._last_react
+        models = []
+        for m in self._models:
+            models.append(
+                ModelView(
+                    m.name,
+                    arrival_rate=m.arrivals_burst / span if span > 0 else 0.0,
+                    queue_length=m.waiting(),
+                    slo_s=m.slo_s,
+                    accuracy_floor=m.setup.accuracy_floor,
+                )
+            )
+            m.arrivals_burst = 0
+        self._last_react = now
+        snapshot = Snapshot(now, tuple(models), tuple(r.view(now) for r in self._alive.values()))
+        plan, self._astate = self._allocation.react(snapshot, self._astate)  # type: ignore[attr-defined]
+        if plan is not None:
+            self._reactions += 1
+            self._reconcile(plan, now)
+        assert self._react_interval is not None
+        if now + self._react_interval < self._horizon:
+            self._post(now + self._react_interval, self._react)
+
     def _snapshot(self, now: float) -> Snapshot:
         span = now - self._last_tick
         last = self._last_tick
@@ -1470,6 +1517,7 @@ class ClusterSimulator:
             "events": events,
             "sim_requests_per_wall_s": len(log) / wall_s if wall_s > 0 else 0.0,
             "decisions": self._decisions,
+            "reactions": self._reactions,
             "replicas_started": len(self._replicas),
             "replicas_mean": self._alive_int / span,
             "replicas_max": self._max_alive,

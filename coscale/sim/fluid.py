@@ -304,6 +304,7 @@ class _ModelRun:
         self.mu = 0.0
         self.ready: dict[tuple[str, str], int] = {}
         self.arrived_tick = 0.0
+        self.arrived_burst = 0.0
         self.busy_tick = 0.0
         self.cap_tick = 0.0
         self.inflight = 0.0
@@ -386,6 +387,11 @@ class FluidSimulator:
         self._series = TimeSeries()
         self._preset, self._scenario = preset, scenario
         self._decisions = self._deferred = 0
+        self._reactions = 0
+        self._last_react = 0.0
+        react = getattr(allocation, "react", None)
+        every = getattr(allocation, "react_interval_s", None)
+        self._react_interval = float(every) if callable(react) and every else None
         self._faults_n = {PREEMPTION: 0, "failure": 0}
         self._causes: dict[int, str] = {}
         self._alive_int = 0.0
@@ -495,6 +501,43 @@ class FluidSimulator:
             )
         return Snapshot(now, tuple(models), tuple(views))
 
+    def _react(self, now: float) -> None:
+        """The allocation policy's reaction to bursts, as the request-level simulator's:
+        per model the arrivals since the previous reaction / its span and the backlog;
+        per replica its identity, state and ``capacity_rps``."""
+        span = max(now - self._last_react, 1e-12)
+        models = []
+        for m in self._models:
+            models.append(
+                ModelView(
+                    m.name,
+                    arrival_rate=m.arrived_burst / span,
+                    queue_length=round(m.q),
+                    slo_s=m.slo_s,
+                    accuracy_floor=m.setup.accuracy_floor,
+                )
+            )
+            m.arrived_burst = 0.0
+        self._last_react = now
+        views = tuple(
+            ReplicaView(
+                f"f{r.id}",
+                self._models[r.model].name,
+                r.group.variant,
+                r.group.node.name,
+                r.state,
+                r.spot,
+                capacity_rps=r.group.mu,
+                started_at=r.ready_at if r.state is READY else r.decided,
+            )
+            for r in self._alive.values()
+        )
+        snapshot = Snapshot(now, tuple(models), views)
+        plan, self._astate = self._allocation.react(snapshot, self._astate)  # type: ignore[attr-defined]
+        if plan is not None:
+            self._reactions += 1
+            self._reconcile(plan, now)
+
     def _reconcile(self, plan: Plan, now: float) -> None:
         targets: dict[tuple[int, str, str, bool], int] = {}
         for t in plan.targets:
@@ -565,6 +608,7 @@ class FluidSimulator:
                 self._start(m, g, t.spot, 0.0, ready_now=True)
         dt, load_steps = self._dt, self._load.steps
         next_tick, next_sample = self._interval, self._sample_interval
+        next_react = self._react_interval if self._react_interval is not None else math.inf
         end_step = self._steps
         for k in range(self._steps):
             now = k * dt
@@ -579,6 +623,9 @@ class FluidSimulator:
                 self._last_tick = now
                 self._reconcile(plan, now)
                 next_tick += self._interval
+            if now + 1e-9 >= next_react:
+                self._react(now)
+                next_react += self._react_interval or math.inf
             if now + 1e-9 >= next_sample:
                 self._sample(now)
                 next_sample += self._sample_interval
@@ -595,6 +642,7 @@ class FluidSimulator:
             arrivals = lam * dt
             m.arrived += arrivals
             m.arrived_tick += arrivals
+            m.arrived_burst += arrivals
             mu = m.mu
             service = self._service(m, lam)
             m.service = service
@@ -719,6 +767,7 @@ class FluidSimulator:
                 "steps": end_step,
                 "step_s": self._dt,
                 "decisions": self._decisions,
+                "reactions": self._reactions,
                 "replicas_started": len(self._replicas),
                 "replicas_mean": self._alive_int / max(end, 1e-12),
                 "replicas_max": self._max_alive,

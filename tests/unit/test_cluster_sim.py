@@ -708,3 +708,52 @@ def _bare(
         drain_limit_s=10_000.0,
     )
     return sim.run()
+
+
+# ------------------------------------------------------------------ reactions to bursts
+
+
+def _burst_run(burst_ratio: float | None) -> SimResult:
+    """One READY fp32 replica; 2 req/s for 4 s, then 120 req/s for 6 s: the arrivals end
+    before the first decision (15 s), so only a reaction adds replicas while they last."""
+    from coscale.policies.admission import AdmitAll
+    from coscale.policies.allocation.predictive import PredictivePolicy
+    from coscale.policies.base import AllocationContext, ModelTarget, Pool
+
+    linear = MeasuredVariant("fp32-eager", table(0.0, 0.02), 0.99)  # 50 req/s, any batch
+    option = _option(linear, "c7a.large")
+    option = dataclasses.replace(option, node=dataclasses.replace(option.node, startup_s=1.0))
+    rng = np.random.default_rng(0)
+    times = np.sort(np.concatenate([rng.uniform(0, 4, 8), rng.uniform(4, 10, 720)]))
+    n = len(times)
+    zeros = np.zeros(n, np.int32)
+    arrivals = Arrivals(times, zeros, zeros, zeros, ("default",), 10.0)
+    context = AllocationContext((ModelTarget("m", 0.5, (option,)),), (Pool(option.node, 20),))
+    policy = PredictivePolicy(context, burst_ratio=burst_ratio)
+    setup = ModelSetup("m", 0.5, (option,), RoundRobin(), _no_batching(), AdmitAll(), batch_limit=1)
+    sim = ClusterSimulator(
+        [setup],
+        policy,
+        [Pool(option.node, 20)],
+        arrivals,
+        interval_s=15.0,
+        rng=np.random.default_rng(0),
+        initial=(ReplicaTarget("m", "fp32-eager", "c7a.large", 1),),
+        faults=FaultModel(0.0),
+        drain_limit_s=100.0,
+    )
+    return sim.run()
+
+
+def test_a_burst_adds_replicas_within_seconds_not_at_the_next_decision() -> None:
+    off, on = _burst_run(None), _burst_run(1.5)
+    assert off.summary.extra["reactions"] == 0
+    assert on.summary.extra["reactions"] >= 1 and on.summary.extra["replicas_started"] > 1
+
+    # the replicas started for the burst serve it: its requests wait less
+    def wait(r: SimResult) -> float:
+        log = r.requests
+        late = log.arrival >= 4.0
+        return float(np.mean((log.finish - log.arrival)[late]))
+
+    assert wait(on) < 0.5 * wait(off)

@@ -397,3 +397,39 @@ def test_a_model_scaled_to_zero_refuses_with_503_but_its_demand_is_seen(
         await s.shutdown()
 
     asyncio.run(main())
+
+
+def test_bursts_between_decisions_reach_the_policy_react_on_the_clock(
+    digits_profile: ProfileFile,
+) -> None:
+    """The reaction loop: every burst window the policy's ``react`` sees the window's
+    arrivals (then a fresh window) and its plan is applied; decisions are not taken."""
+    from coscale.policies.allocation.predictive import PredictiveModel, PredictiveState
+
+    clock = ManualClock(1000.0)
+    allocation = {"name": "predictive", "params": {"burst_ratio": 1.5, "burst_window_s": 2.0}}
+    s = make(digits_profile, clock, start=1, limit=2, allocation=allocation)
+    assert s.controller.react_interval_s == 2.0
+
+    async def main() -> None:
+        await s.start()
+        # the policy believes 1 req/s is provisioned (its real state type, made small so
+        # that a few requests are a burst; digits replicas carry thousands per second)
+        s.controller.state = PredictiveState((("digits", PredictiveModel(capacity_rps=1.0)),))
+        await asyncio.sleep(0.01)  # the reaction loop has opened its first window
+        await asyncio.gather(*(s.infer("digits", [x]) for x in images(20)))
+        clock.advance(1.9)
+        await asyncio.sleep(0.01)
+        assert s.controller.reactions == 0
+        clock.advance(0.1)  # 20 arrivals in 2 s: 10 req/s > 1.5 × 1
+        await until(lambda: s.controller.reactions == 1)
+        plan = s.controller.plans[-1]
+        assert plan.reason.startswith("predictive: burst") and plan.count("digits") >= 1
+        state = s.controller.state.get("digits")
+        assert state.capacity_rps == pytest.approx(10.0, rel=0.05)
+        clock.advance(2.0)  # a quiet window: 0 req/s, no reaction
+        await asyncio.sleep(0.05)
+        assert s.controller.reactions == 1 and s.controller.decisions == 0
+        await s.shutdown()
+
+    asyncio.run(main())

@@ -260,3 +260,39 @@ def test_warm_start_sizes_the_initial_replicas_for_the_first_minutes() -> None:
     assert sum(t.count for t in policies.initial) >= math.ceil(400.0 / 45.5)
     cold = build_policies(prepare(sc, SimOptions(fluid=True), measured=MEASURED), "baseline")
     assert sum(t.count for t in cold.initial) == CATALOG.get("c7a.large").replicas_per_node
+
+
+@pytest.mark.parametrize("burst_ratio", [None, 1.5])
+def test_a_burst_between_decisions_reaches_the_policy_as_in_the_request_level_run(
+    burst_ratio: float | None,
+) -> None:
+    """2 req/s for 4 s then 120 req/s: with reactions on, replicas are started within the
+    burst window (2 s), before the first decision at 15 s; off, none before it."""
+    import dataclasses
+
+    from coscale.policies.allocation.predictive import PredictivePolicy
+    from coscale.policies.base import AllocationContext, ModelTarget
+
+    node = dataclasses.replace(CATALOG.get("c7a.large"), startup_s=1.0)
+    option = VariantOption("m", "fp32-eager", node, table(0.0, 0.02), 0.99)  # 50 req/s
+    context = AllocationContext((ModelTarget("m", 0.5, (option,)),), (Pool(node, 20),))
+    setup = ModelSetup(
+        "m", 0.5, (option,), RoundRobin(), NoBatching(), AdmitAll(), batch_limit=1
+    )  # fmt: skip
+    rates = np.array([2.0] * 4 + [120.0] * 10)
+    sim = FluidSimulator(
+        [setup],
+        PredictivePolicy(context, burst_ratio=burst_ratio),
+        [Pool(node, 20)],
+        FluidLoad((rates,)),
+        interval_s=15.0,
+        rng=np.random.default_rng(0),
+        initial=(ReplicaTarget("m", "fp32-eager", "c7a.large", 1),),
+        faults=FaultModel(0.0),
+        drain_limit_s=0.0,
+    )
+    extra = sim.run().summary.extra
+    if burst_ratio is None:
+        assert extra["reactions"] == 0 and extra["replicas_started"] == 1
+    else:
+        assert extra["reactions"] >= 1 and extra["replicas_started"] >= 3  # 120 / 50

@@ -52,7 +52,22 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
    then fits the N − k survivors of a kill, and a model with traffic has ≥ 1 + k
    replicas. No room in the pools → fewer spares, said in the reason. k = 0, no traffic
    or ``startup_s ≤ slo_s`` → no spare.
-9. **Edge cases**: cold start (no history, zero replicas): the first observation is the
+9. **Bursts between decisions** (:meth:`PredictivePolicy.react`, on when ``burst_ratio``
+   is set): a decision every ``interval_s`` (15 s) sees a burst of a few seconds only
+   as part of the interval's mean, and only at the next decision. So the executor also
+   calls ``react`` every ``burst_window_s`` (default 2 s) with a snapshot of that short
+   window (``arrival_rate`` measured over it, the queue now). For each model, with
+   ``R_b = y_b + queue_length / backlog_drain_s`` (step 4's floor on the short window)
+   and ``C`` the capacity provisioned: if ``R_b > burst_ratio × C`` (Knative's "panic"
+   threshold is 2; the presets use 1.5), ``C ← R_b`` at once and ``(now, R_b)`` joins
+   the wants, so step 6 holds it for the cool-down like any other want; the other
+   models keep their ``C``; all are placed again (step 7–8). Before the first decision
+   a model's ``C`` is what its READY and STARTING replicas' ``capacity_rps`` add up to
+   (the executor's initial replicas). No model over its
+   threshold → no plan (``None``): a reaction only ever adds capacity, the decisions
+   every interval remain the only ones that remove it. The forecast is not updated (a
+   short window's rate is not an interval's observation).
+10. **Edge cases**: cold start (no history, zero replicas): the first observation is the
    forecast, with the cold margin. No traffic: ``C`` decays by the hysteresis to 0, and
    ``min_replicas`` remain (no spare). A missing model with no history: ``C = 0``.
 
@@ -63,7 +78,7 @@ them), M models, P candidates, B seasonal bins, H/Δ open horizon windows and K 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coscale.policies.allocation.capacity import (
     DEFAULT_TYPICAL_SEQ_LEN,
@@ -85,7 +100,7 @@ from coscale.policies.allocation.capacity import (
 )
 from coscale.policies.allocation.forecast import ForecastConfig, Forecaster, ForecastState
 from coscale.policies.base import AllocationContext
-from coscale.types import ModelView, Plan, ReplicaTarget, ReplicaView, Snapshot
+from coscale.types import ModelView, Plan, ReplicaState, ReplicaTarget, ReplicaView, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +160,8 @@ class PredictivePolicy:
         scale_down_deadband: float = 0.03,
         min_replicas: int = 1,
         spare_replicas: int = 0,
+        burst_ratio: float | None = None,
+        burst_window_s: float = 2.0,
         use_spot: bool = True,
         seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
         budget_fraction: float = LATENCY_BUDGET_FRACTION,
@@ -168,6 +185,15 @@ class PredictivePolicy:
         )
         require(min_replicas >= 0, "min_replicas must be >= 0", "use a count >= 0")
         require(spare_replicas >= 0, "spare_replicas must be >= 0", "use 0 (none) or 1 (N+1)")
+        require(
+            (burst_ratio is None or burst_ratio >= 1) and burst_window_s > 0,
+            f"need burst_ratio >= 1 (or null: no reaction to bursts) and burst_window_s > 0, "
+            f"got {burst_ratio} and {burst_window_s}",
+            "use e.g. burst_ratio 1.5 and burst_window_s 2",
+        )
+        self.burst_ratio = burst_ratio
+        #: Seconds between :meth:`react` calls (None: the executor does not call it).
+        self.react_interval_s = burst_window_s if burst_ratio is not None else None
         self.context = context
         self.forecaster = Forecaster(
             ForecastConfig(
@@ -222,6 +248,57 @@ class PredictivePolicy:
                 f"floor {need.floor:.1f} → {cap:.1f} rps{note}"
             )
             models.append((m.model, PredictiveModel(fstate, wants, cap, opened, herrors)))
+        return plan(now, targets, notes), PredictiveState(tuple(models))
+
+    def react(
+        self, snapshot: Snapshot, state: PredictiveState | None
+    ) -> tuple[Plan | None, PredictiveState | None]:
+        """Step 9: a plan with more capacity for the models whose short-window demand
+        exceeds ``burst_ratio`` × their provisioned capacity, else None (state
+        unchanged). A model the state does not know yet (before the first decision)
+        counts as provisioned with its READY and STARTING replicas' ``capacity_rps``.
+        Reactions off → None. O(N + M × P)."""
+        if self.burst_ratio is None:
+            return None, state
+        now = snapshot.time
+        views = {v.name: v for v in snapshot.models}
+        replicas = group_by_model(snapshot.replicas)
+        base: dict[str, PredictiveModel] = {}
+        raised: dict[str, float] = {}
+        for m in self.context.models:
+            prev = state.get(m.model) if state is not None else None
+            if prev is None:
+                held = sum(
+                    r.capacity_rps
+                    for r in replicas.get(m.model, [])
+                    if r.state in (ReplicaState.READY, ReplicaState.STARTING)
+                )
+                prev = PredictiveModel(capacity_rps=held)
+            base[m.model] = prev
+            view = views.get(m.model)
+            if view is None:
+                continue
+            floor = max(0.0, view.arrival_rate) + view.queue_length / self.backlog_drain_s
+            if floor > self.burst_ratio * max(prev.capacity_rps, EPS):
+                raised[m.model] = floor
+        if not raised:
+            return None, state
+        ledger = self._ledger.copy()
+        targets: list[ReplicaTarget] = []
+        notes = ["predictive: burst"]
+        models: list[tuple[str, PredictiveModel]] = []
+        for m in self.context.models:
+            prev = base[m.model]
+            if m.model in raised:
+                want = raised[m.model]
+                prev = replace(prev, wants=(*prev.wants, (now, want)), capacity_rps=want)
+            placed, note = self._place(
+                m.model, prev.capacity_rps, ledger, replicas.get(m.model, [])
+            )
+            targets.extend(placed)
+            if m.model in raised:
+                notes.append(f"{m.model}: burst {raised[m.model]:.1f} rps{note}")
+            models.append((m.model, prev))
         return plan(now, targets, notes), PredictiveState(tuple(models))
 
     # ----------------------------------------------------------------- steps

@@ -357,3 +357,62 @@ def test_within_15_percent_of_the_oracle_on_a_diurnal_curve() -> None:
     cost, miss = fluid_run(PredictivePolicy(CTX, period_s=period), demand, horizon)
     assert cost <= 1.15 * oracle_cost
     assert miss <= oracle_miss + 0.005  # the oracle misses only the first start-up
+
+
+# ----------------------------------------------------------------- step 9: bursts
+
+
+def ready(i: int, capacity: float = 10.0) -> ReplicaView:
+    return ReplicaView(f"r{i}", "m", "v", "a", ReplicaState.READY, capacity_rps=capacity)
+
+
+def test_react_is_off_without_burst_ratio() -> None:
+    p = PredictivePolicy(context())
+    assert p.react_interval_s is None
+    state = with_capacity(10.0)
+    assert p.react(snap(T0, 100.0), state) == (None, state)
+
+
+def test_react_raises_capacity_at_once_and_only_above_the_ratio() -> None:
+    p = PredictivePolicy(context(), burst_ratio=1.5, burst_window_s=2.0)
+    assert p.react_interval_s == 2.0
+    state = with_capacity(10.0, ((T0 - 5, 8.0),))
+    # 14 req/s + 0 queued ≤ 1.5 × 10: nothing, the state untouched
+    plan, same = p.react(snap(T0, 14.0, replicas=(ready(0),)), state)
+    assert plan is None and same is state
+    # 12 req/s + 60 queued / 15 s = 16 > 15: capacity 16 now (2 replicas of 10), the want kept
+    plan, new = p.react(snap(T0, 12.0, queue=60, replicas=(ready(0),)), state)
+    assert plan is not None and plan.count("m") == 2
+    assert new is not None
+    m = new.get("m")
+    assert m is not None and m.capacity_rps == pytest.approx(16.0)
+    assert m.wants[-1] == (T0, pytest.approx(16.0)) and m.forecast is None
+
+
+def test_react_before_the_first_decision_counts_the_replicas_running() -> None:
+    p = PredictivePolicy(context(), burst_ratio=1.5)
+    # two READY replicas of 10 req/s: 25 req/s is below 1.5 × 20 — no plan (and no state)
+    assert p.react(snap(T0, 25.0, replicas=(ready(0), ready(1))), None) == (None, None)
+    plan, new = p.react(snap(T0, 45.0, replicas=(ready(0), ready(1))), None)
+    assert plan is not None and plan.count("m") == 5 and new is not None
+
+
+def test_capacity_a_reaction_added_is_held_through_the_cooldown() -> None:
+    p = PredictivePolicy(context(), burst_ratio=1.5, cooldown_intervals=2.0)
+    _, state = p.react(snap(T0, 40.0, replicas=(ready(0),)), with_capacity(10.0))
+    assert state is not None
+    # the next decision sees a quiet interval (5 req/s): the burst's 40 is still held
+    count, m = decide(p, snap(T0 + 10.0, 5.0), state)
+    assert count == 4 and m.capacity_rps == pytest.approx(40.0)
+    # once the cool-down (30 s) has passed without bursts, it decays (20 % per decision)
+    _, m2 = decide(p, snap(T0 + 40.0, 5.0), PredictiveState((("m", m),)))
+    assert m2.capacity_rps < 40.0
+
+
+def test_react_validates_its_parameters() -> None:
+    from coscale.errors import CoscaleError
+
+    with pytest.raises(CoscaleError, match="burst_ratio"):
+        PredictivePolicy(context(), burst_ratio=0.5)
+    with pytest.raises(CoscaleError, match="burst_window_s"):
+        PredictivePolicy(context(), burst_ratio=1.5, burst_window_s=0.0)
