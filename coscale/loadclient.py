@@ -21,6 +21,8 @@ What it does, and nothing more
   (llhttp, in C — the parser uvicorn uses for requests), which handles
   ``Content-Length`` and chunked bodies; a response that says ``Connection: close``
   (or HTTP/1.0 without keep-alive) closes its connection after it is read.
+* :meth:`ConnectionPool.warm` opens connections before a timed run, so that its first
+  requests do not queue behind a burst of connection set-ups.
 * A request whose connection fails while it is in flight is **not** retried (a POST may
   have reached the server): it raises, and the load generator records it as failed.
 * Cancellation (the caller's timeout) closes the request's connection: a response that
@@ -231,6 +233,22 @@ class ConnectionPool:
             else:
                 conn.close()
             return response
+
+    async def warm(self, n: int) -> int:
+        """Open up to ``n`` connections (at most ``size`` in all) before the load starts,
+        so that the first requests do not pay for connection set-up together (a burst
+        of connects at the start of a timed run makes its first requests late). Returns
+        how many opened; a failure to connect is left to the requests to report."""
+        want = max(0, min(n, self.size) - len(self.idle))
+        opened = await asyncio.gather(*(self._open() for _ in range(want)), return_exceptions=True)
+        now = self.clock()
+        ok = 0
+        for conn in opened:
+            if isinstance(conn, _Connection):
+                conn.idle_since = now
+                self.idle.append(conn)
+                ok += 1
+        return ok
 
     def close(self) -> None:
         """Close every idle connection (in-flight ones close when their request ends)."""

@@ -257,3 +257,32 @@ def test_cancelled_request_closes_its_connection_and_frees_the_slot() -> None:
         assert r.body == b"fast" and pool.opened == 2
 
     run(serve(late, go))
+
+
+def test_warm_opens_connections_ahead_and_requests_reuse_them() -> None:
+    accepted = 0
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        while True:
+            try:
+                _, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(ok(body))
+            await writer.drain()
+        writer.close()
+
+    async def go(port: int) -> None:
+        pool = ConnectionPool("127.0.0.1", port, 4)
+        assert await pool.warm(10) == 4  # never more than the pool's size
+        await asyncio.sleep(0.05)
+        assert accepted == 4 and pool.opened == 4
+        out = await asyncio.gather(
+            *(pool.request(encode_request("POST", "/", "x", {}, b"%d" % i)) for i in range(4))
+        )
+        assert [r.body for r in out] == [b"0", b"1", b"2", b"3"] and pool.opened == 4
+        pool.close()
+
+    run(serve(echo, go))
