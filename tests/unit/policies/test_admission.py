@@ -713,7 +713,12 @@ def test_reserve_off_or_fifo_queue_gives_no_priority() -> None:
     p = DeadlineAdmission(min_samples=0, latencies=TABLES)
     d, st = p.decide(req(tenant="b", deadline=20.0), fifo, None)
     assert d.admit and not d.priority and st.demand == ()
-    for bad in ({"reserve_headroom": -0.1}, {"demand_tau_s": 0.0}):
+    for bad in (
+        {"reserve_headroom": -0.1},
+        {"demand_tau_s": 0.0},
+        {"speed_smooth_s": 0.0},
+        {"speed_tau_s": -1.0},
+    ):
         with pytest.raises(CoscaleError, match="reserve_headroom"):
             DeadlineAdmission(**bad)
 
