@@ -59,14 +59,15 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
    window (``arrival_rate`` measured over it, the queue now). For each model, with
    ``R_b = y_b + queue_length / backlog_drain_s`` (step 4's floor on the short window)
    and ``C`` the capacity provisioned: if ``R_b > burst_ratio × C`` (Knative's "panic"
-   threshold is 2; the presets use 1.5), ``C ← R_b`` at once and ``(now, R_b)`` joins
-   the wants, so step 6 holds it for the cool-down like any other want; the other
-   models keep their ``C``; all are placed again (step 7–8). Before the first decision
-   a model's ``C`` is what its READY and STARTING replicas' ``capacity_rps`` add up to
-   (the executor's initial replicas). No model over its
-   threshold → no plan (``None``): a reaction only ever adds capacity, the decisions
-   every interval remain the only ones that remove it. The forecast is not updated (a
-   short window's rate is not an interval's observation).
+   threshold is 2; off in the presets, see :mod:`~coscale.policies.presets`), ``C ←
+   R_b`` at once and ``(now, R_b)`` joins the wants, so step 6 holds it for the
+   cool-down like any other want; the other models keep their ``C``; all are placed
+   again (step 7–8). Before the first decision a model's ``C`` is what its READY and
+   STARTING replicas' ``capacity_rps`` add up to (the executor's initial replicas). No
+   model over its threshold → no plan (``None``): a reaction only ever adds capacity,
+   the decisions every interval remain the only ones that remove it. The forecast is
+   not updated (a short window's rate is not an interval's observation). It pays where
+   a replica starts within a burst (a warm standby), not where start-ups take minutes.
 10. **Edge cases**: cold start (no history, zero replicas): the first observation is the
    forecast, with the cold margin. No traffic: ``C`` decays by the hysteresis to 0, and
    ``min_replicas`` remain (no spare). A missing model with no history: ``C = 0``.
