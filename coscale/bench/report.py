@@ -19,6 +19,8 @@ Tables
 * **Simulated cluster**: one row per preset with cost / the oracle's cost.
 * **Scalability**: throughput X(N) at N concurrent tasks and the scaling efficiency
   E(N) = (X(N) / N) / (X(N₀) / N₀), N₀ the smallest load (:func:`scaling_efficiency`).
+  The goal counts E(100) as not measured when it exceeds :data:`DEGENERATE_EFFICIENCY`
+  (2): the reference load was then slowed by something that larger loads escape.
 * **Fidelity**: per live preset, the simulator's relative error
   100 · |sim − live| / live on p50, p99 and throughput (:func:`relative_error_pct`;
   None when the live figure is 0).
@@ -165,6 +167,13 @@ def _goal(key: str, measured: float | None, figure: str) -> dict[str, Any]:
     }
 
 
+#: A scaling efficiency above this is reported as not measured rather than met: more
+#: than twice the per-task throughput of the smallest load means the reference point
+#: itself was slowed (a batcher waiting for company at 10 tasks, the simulated Figure 3
+#: of docs/benchmarks.md), and 100 tasks cannot be judged against it.
+DEGENERATE_EFFICIENCY = 2.0
+
+
 def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The five goals against the measured figures (module docstring)."""
     rows = {r["preset"]: r for r in table2(results.get("live", {}).get("runs", []))}
@@ -197,13 +206,21 @@ def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     sim = results.get("scalability", {}).get("sim", {}).get("points", [])
     at100 = next((p for p in scaling_efficiency(sim) if p["tasks"] == 100), None)
     eff = at100["efficiency"] if at100 else None
-    out.append(
-        _goal(
-            "scaling",
-            eff,
-            "no simulated point at 100 tasks" if eff is None else f"{eff:.3f}",
+    if eff is not None and eff > DEGENERATE_EFFICIENCY:
+        figure = (
+            f"efficiency {eff:.3f} is not a measurement: per-task throughput {eff:.1f}× "
+            "the smallest load's means that load was slowed by something else, not a "
+            "scale-invariant reference"
         )
-    )
+        out.append(_goal("scaling", None, figure))
+    else:
+        out.append(
+            _goal(
+                "scaling",
+                eff,
+                "no simulated point at 100 tasks" if eff is None else f"{eff:.3f}",
+            )
+        )
     fid = fidelity_rows(results.get("fidelity", {}).get("pairs", []))
     errors = [e for row in fid for e in row["error_pct"].values() if e is not None]
     worst = max(errors) if errors else None

@@ -209,6 +209,15 @@ def test_goals_missed_say_so_plainly() -> None:
     assert "worst 25.0 %" in _goal(goals, "fidelity")["text"]
 
 
+def test_a_degenerate_scaling_efficiency_is_not_called_met() -> None:
+    data = results()
+    points = data["scalability"]["sim"]["points"]
+    points[2]["throughput_rps"] = 13_100.0  # 131 per task against 10 at 10 tasks: E = 13.1
+    goal = _goal(check_goals(data), "scaling")
+    assert goal["met"] is None and goal["measured"] is None
+    assert goal["text"].startswith("NOT MEASURED") and "13.100 is not a measurement" in goal["text"]
+
+
 def test_goals_not_measured_when_parts_are_missing() -> None:
     goals = check_goals({"live": {"runs": []}})
     assert all(g["met"] is None and g["text"].startswith("NOT MEASURED") for g in goals)
