@@ -286,3 +286,39 @@ def test_warm_opens_connections_ahead_and_requests_reuse_them() -> None:
         pool.close()
 
     run(serve(echo, go))
+
+
+def test_a_run_fixes_time_zero_after_its_records_and_lets_other_runs_proceed() -> None:
+    """``_prepare_open_loop`` builds every record, yielding to the loop between chunks,
+    and only then sets ``t0``; another coroutine on the loop runs meanwhile."""
+    from coscale.clock import ManualClock
+    from coscale.load import (
+        RECORDS_PER_YIELD,
+        START_DELAY_S,
+        LoadConfig,
+        _prepare_open_loop,
+        _Run,
+        poisson_schedule,
+    )
+
+    clock = ManualClock(100.0)
+    schedule = poisson_schedule(1000.0, 3.5 * RECORDS_PER_YIELD / 1000.0, seed=1)
+    config = LoadConfig(url="http://127.0.0.1:9", model="m", rate_rps=1000.0, duration_s=1.0)
+    run = _Run(None, config, None, clock, t0=0.0)  # type: ignore[arg-type]
+    seen: list[int] = []
+
+    async def other() -> None:
+        for _ in range(3):
+            seen.append(len(run.records))
+            clock.advance(1.0)  # time passes while the records are built
+            await asyncio.sleep(0)
+
+    async def go() -> None:
+        await asyncio.gather(_prepare_open_loop(run, schedule), other())
+
+    asyncio.run(go())
+    assert len(run.records) == len(schedule) and run.records[-1].index == len(schedule) - 1
+    # the other coroutine ran between chunks, while time passed (3 s)...
+    assert seen == [RECORDS_PER_YIELD, 2 * RECORDS_PER_YIELD, 3 * RECORDS_PER_YIELD]
+    # ...and time 0 was fixed only once every record was built
+    assert run.t0 == pytest.approx(103.0 + START_DELAY_S)
