@@ -9,10 +9,11 @@ Not checked here: the issue's "admitted requests keep p99 within the SLO". Deadl
 admission now scales its margin with each request's predicted time (a learned stretch,
 bounded by the learned additive error, :class:`~coscale.policies.admission.DeadlineAdmission`).
 On a quiet machine (30 Nov, docs/benchmarks.md) the 60-s form met it in every run at
-244–283 req/s offered and missed it in every run at 337–424 req/s (505–627 ms; 518–604
-ms before, at 420–460 req/s), with either form of the margin: at those rates the load
-generator on the same two cores takes the worker's CPU in bursts of a second. The
-benchmark checks it and reports the figure.
+244–283 req/s offered and missed it in every run at 337–424 req/s (505–627 ms) with the
+httpx load generator; with the lean one (``coscale.loadclient``) it met it in one of five
+runs at 349–437 req/s (498.5 ms; the others 511–559 ms): the late admissions fall in
+seconds-long dips of the worker's speed and in the half second after the jump to 3×,
+before any feedback arrives. The benchmark checks it and reports the figure.
 
 The long form is ``benchmarks/bench_reliability.py overload``; both run
 :func:`bench_reliability.run_overload`.
