@@ -61,6 +61,10 @@ class MarginState:
     error: float = 0.0
 
 
+#: Per READY replica ``(replica id, smoothed, peak, at, since)`` (:func:`fold_speeds`).
+Speeds = tuple[tuple[str, float, float, float, float], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class AdmissionState:
     """:class:`DeadlineAdmission`'s state: one :class:`MarginState` per tenant that has
@@ -70,7 +74,7 @@ class AdmissionState:
 
     tenants: tuple[tuple[str, MarginState], ...] = ()
     demand: tuple[tuple[str, float, float], ...] = ()
-    speeds: tuple[tuple[str, float, float, float, float], ...] = ()
+    speeds: Speeds = ()
 
     def of(self, tenant: str) -> MarginState:
         """``tenant``'s window (empty if it has reported none). O(T)."""
@@ -130,14 +134,11 @@ def demand_rates(
     return {t: r * math.exp(-max(0.0, now - at) / tau_s) for t, r, at in demand}
 
 
-Speeds = tuple[tuple[str, float, float, float, float], ...]
-
-
 def fold_speeds(
     speeds: Speeds, ready: Sequence[ReplicaView], now: float, smooth_s: float, tau_s: float
 ) -> Speeds:
     """Each READY replica's demonstrated speed, as ``(replica id, smoothed, peak, at,
-    since)``, sorted by replica id; O(R).
+    since)``, in the order of ``ready``; O(R).
 
     The observed gross speed ``v = max(capacity_rps, rate)`` (its speed while busy) is
     noisy — ``rate`` is an EWMA of per-batch ``items / service_s``, which swings by
@@ -166,7 +167,7 @@ def fold_speeds(
         if now - since >= smooth_s:
             peak = max(peak * math.exp(-gap / tau_s), smoothed)
         out.append((r.id, smoothed, peak, now, since))
-    return tuple(sorted(out))
+    return tuple(out)
 
 
 def shown_speed(speeds: Speeds) -> float:

@@ -1280,15 +1280,7 @@ class ClusterSimulator:
         span = now - self._last_react
         models = []
         for m in self._models:
-            models.append(
-                ModelView(
-                    m.name,
-                    arrival_rate=m.arrivals_burst / span if span > 0 else 0.0,
-                    queue_length=m.waiting(),
-                    slo_s=m.slo_s,
-                    accuracy_floor=m.setup.accuracy_floor,
-                )
-            )
+            models.append(_model_view(m, m.arrivals_burst, span))
             m.arrivals_burst = 0
         self._last_react = now
         snapshot = Snapshot(now, tuple(models), tuple(r.view(now) for r in self._alive.values()))
@@ -1319,16 +1311,7 @@ class ClusterSimulator:
         for m in self._models:
             lat = m.latencies_tick
             p99 = float(np.percentile(lat, 99.0)) if lat else 0.0
-            models.append(
-                ModelView(
-                    m.name,
-                    arrival_rate=m.arrivals_tick / span if span > 0 else 0.0,
-                    queue_length=m.waiting(),
-                    slo_s=m.slo_s,
-                    accuracy_floor=m.setup.accuracy_floor,
-                    p99_latency_s=p99,
-                )
-            )
+            models.append(_model_view(m, m.arrivals_tick, span, p99))
             m.arrivals_tick = 0
             m.latencies_tick = []
         return Snapshot(now, tuple(models), tuple(views))
@@ -1546,6 +1529,19 @@ class ClusterSimulator:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _model_view(m: _Model, arrivals: int, span: float, p99_s: float = 0.0) -> ModelView:
+    """``m``'s view for a window of ``span`` seconds holding ``arrivals`` (rate 0 for an
+    empty span), with its queue now."""
+    return ModelView(
+        m.name,
+        arrival_rate=arrivals / span if span > 0 else 0.0,
+        queue_length=m.waiting(),
+        slo_s=m.slo_s,
+        accuracy_floor=m.setup.accuracy_floor,
+        p99_latency_s=p99_s,
+    )
 
 
 def _usd_per_s(r: SimReplica) -> float:

@@ -465,15 +465,7 @@ class FluidSimulator:
             util = min(1.0, m.busy_tick / m.cap_tick) if m.cap_tick > 0 else 0.0
             c = sum(m.ready.values())
             per[m.index] = (util, m.inflight / c if c else 0.0, m.service)
-            models.append(
-                ModelView(
-                    m.name,
-                    arrival_rate=m.arrived_tick / span,
-                    queue_length=round(m.q),
-                    slo_s=m.slo_s,
-                    accuracy_floor=m.setup.accuracy_floor,
-                )
-            )
+            models.append(_model_view(m, m.arrived_tick / span))
             m.arrived_tick = m.busy_tick = m.cap_tick = 0.0
         carry: dict[int, float] = {}
         for r in self._alive.values():
@@ -508,15 +500,7 @@ class FluidSimulator:
         span = max(now - self._last_react, 1e-12)
         models = []
         for m in self._models:
-            models.append(
-                ModelView(
-                    m.name,
-                    arrival_rate=m.arrived_burst / span,
-                    queue_length=round(m.q),
-                    slo_s=m.slo_s,
-                    accuracy_floor=m.setup.accuracy_floor,
-                )
-            )
+            models.append(_model_view(m, m.arrived_burst / span))
             m.arrived_burst = 0.0
         self._last_react = now
         views = tuple(
@@ -809,6 +793,17 @@ class FluidSimulator:
             for r in self._replicas
         )
         return SimResult(summary, log, self._series, rows)
+
+
+def _model_view(m: _ModelRun, rate: float) -> ModelView:
+    """``m``'s view at arrival ``rate`` (requests/s) with its backlog now."""
+    return ModelView(
+        m.name,
+        arrival_rate=rate,
+        queue_length=round(m.q),
+        slo_s=m.slo_s,
+        accuracy_floor=m.setup.accuracy_floor,
+    )
 
 
 def _watts(g: _Group) -> tuple[float, float]:
