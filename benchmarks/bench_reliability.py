@@ -99,6 +99,7 @@ import psutil
 import yaml
 
 from coscale.load import LoadConfig, LoadResult, RequestResult, auth_headers, run_load
+from coscale.runtime.heap import freeze_startup_heap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -1072,6 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-standby", action="store_true", help="servers without the warm standby worker"
     )
     args = parser.parse_args(argv)
+    freeze_startup_heap()  # the load generator runs in this process
     if args.no_standby:  # read by the servers' LocalBackend (coscale.backends.local)
         os.environ["COSCALE_LOCAL_STANDBY"] = "0"
     import tempfile

@@ -51,7 +51,8 @@ class MarginState:
     kept promises (oldest first): their stretches (actual over promised time to finish),
     the same values sorted, and the stretch factor they give (their quantile, at least
     1); their errors (actual minus promised, seconds), sorted, and the error quantile
-    (at least 0)."""
+    (at least 0); the held peaks of both quantiles, when they were last updated and when
+    the tenant's first report came (:class:`DeadlineAdmission`, "Held peaks")."""
 
     stretches: tuple[float, ...] = ()
     stretches_ordered: tuple[float, ...] = ()
@@ -59,6 +60,10 @@ class MarginState:
     errors: tuple[float, ...] = ()
     errors_ordered: tuple[float, ...] = ()
     error: float = 0.0
+    held_stretch: float = 1.0
+    held_error: float = 0.0
+    held_at: float = -math.inf
+    first_at: float = math.inf
 
 
 #: Per READY replica ``(replica id, smoothed, peak, at, since)`` (:func:`fold_speeds`).
@@ -336,6 +341,29 @@ class DeadlineAdmission:
     prediction, from the first request). ρ and e are recomputed only when promises
     arrive, O(window) then (:meth:`learn`); O(replicas + tenants) otherwise.
 
+    **Held peaks** (``margin_tau_s``, default 60 s; ``None``: the window's quantiles
+    alone). The errors come in bursts: under 3× overload of a MiniLM replica on two
+    shared cores, the worker ran at half speed for 0.5–1 s every 10–20 s (the server's
+    event loop and the load generator taking its CPU), and each such dip made the
+    requests admitted in the second before it late. Between dips the window (about 16 s
+    of reports) forgets them, the quantiles fall back, the queue grows back to its
+    longest admissible wait, and the next dip finds it there. So the margin uses each
+    quantile's peak held over the recent reports, decaying with ``margin_tau_s``: at each
+    report batch at time ``now``, with ``d = exp(−(now − held_at) / τ)``,
+    ``ρ_held ← max(ρ, 1 + (ρ_held − 1) · d)`` and ``e_held ← max(e, e_held · d)``; the
+    margin is computed from ``ρ_held`` and ``e_held``. A dip every 20 s is then still
+    70 % remembered when the next one comes; a machine that has really become quieter
+    admits its longest waits again within a few minutes. The cost is only latency:
+    under overload a shorter admitted queue still keeps the replica busy.
+    The first dip of a regime has no peak to be held yet: under the same overload, the
+    margin learned while the load was lighter let the queue reach its longest wait within
+    a second of the jump to 3×, and the first dip, 1–2 s later, made 65 admitted
+    requests late (two thirds of the run's). So trust in the learned margin also grows
+    with the time a tenant's reports have covered: for ``age = now − first report``, the
+    margin is at least ``(initial_stretch − 1) · exp(−age / τ) · (predicted − now)`` —
+    the untested margin, fading with the same τ (a request is admitted if 1.8× its
+    predicted time fits after 13 s of reports, 1.4× after a minute, 1.07× after three).
+
     **Reserved shares** (``reserve_headroom``, default 0.25; ``None`` turns it off).
     Under a weighted fair queue (``ModelView.tenant_queues`` given) a tenant that asks
     for exactly its share while another floods is critically loaded *within* that
@@ -394,6 +422,7 @@ class DeadlineAdmission:
     demand_tau_s: float = 3.0
     speed_smooth_s: float = 5.0
     speed_tau_s: float = 300.0
+    margin_tau_s: float | None = 60.0
 
     def __post_init__(self) -> None:
         if self.no_capacity_retry_s < 0:
@@ -421,6 +450,12 @@ class DeadlineAdmission:
                 "speed_smooth_s 5 and speed_tau_s 300",
                 code="invalid_policy_params",
             )
+        if self.margin_tau_s is not None and not self.margin_tau_s > 0:
+            raise CoscaleError(
+                f"deadline: margin_tau_s={self.margin_tau_s} must be > 0 (or null)",
+                fix="use margin_tau_s 60 (null: the window's quantiles, no held peaks)",
+                code="invalid_policy_params",
+            )
         if not 0.0 <= self.max_margin_ratio < 1.0 or not self.initial_stretch >= 1.0:
             raise CoscaleError(
                 f"deadline: max_margin_ratio={self.max_margin_ratio} must be in [0, 1) "
@@ -430,12 +465,16 @@ class DeadlineAdmission:
             )
 
     def learn(
-        self, state: AdmissionState | None, promises: tuple[tuple[str, float, float], ...]
+        self,
+        state: AdmissionState | None,
+        promises: tuple[tuple[str, float, float], ...],
+        now: float,
     ) -> AdmissionState:
-        """Fold new ``(tenant, promised, taken)`` reports into each tenant's windows of
-        stretches ``taken / promised`` and errors ``taken − promised`` (class docstring,
-        "The learned margin"; a report with ``promised ≤ 0`` carries no ratio and is
-        skipped). O(T + window + k log window) for k new ones."""
+        """Fold new ``(tenant, promised, taken)`` reports, received at ``now``, into each
+        tenant's windows of stretches ``taken / promised`` and errors ``taken − promised``
+        and their held peaks (class docstring, "The learned margin" and "Held peaks"; a
+        report with ``promised ≤ 0`` carries no ratio and is skipped).
+        O(T + window + k log window) for k new ones."""
         state = AdmissionState() if state is None else state
         if not promises or self.window == 0:
             return state
@@ -445,12 +484,14 @@ class DeadlineAdmission:
                 new.setdefault(tenant, []).append((promised, taken))
         tenants = dict(state.tenants)
         for tenant, pairs in new.items():
-            tenants[tenant] = self._fold(tenants.get(tenant, _EMPTY), pairs)
+            tenants[tenant] = self._fold(tenants.get(tenant, _EMPTY), pairs, now)
         return replace(state, tenants=tuple(sorted(tenants.items())))
 
-    def _fold(self, state: MarginState, pairs: list[tuple[float, float]]) -> MarginState:
-        """One tenant's windows after new ``(promised, taken)`` pairs, and their
-        quantiles. O(window + k log window)."""
+    def _fold(
+        self, state: MarginState, pairs: list[tuple[float, float]], now: float
+    ) -> MarginState:
+        """One tenant's windows after new ``(promised, taken)`` pairs at ``now``, their
+        quantiles and held peaks. O(window + k log window)."""
         stretches, stretches_ordered = _slide(
             state.stretches, state.stretches_ordered, tuple(t / p for p, t in pairs), self.window
         )
@@ -458,13 +499,25 @@ class DeadlineAdmission:
             state.errors, state.errors_ordered, tuple(t - p for p, t in pairs), self.window
         )
         rank = _rank(len(stretches_ordered), self.quantile)
+        stretch = max(1.0, stretches_ordered[rank])
+        error = max(0.0, errors_ordered[rank])
+        held_stretch, held_error = stretch, error
+        if self.margin_tau_s is not None:
+            decay = math.exp(-max(0.0, now - state.held_at) / self.margin_tau_s)
+            held_stretch = max(stretch, 1.0 + (state.held_stretch - 1.0) * decay)
+            held_error = max(error, state.held_error * decay)
+        first_at = min(state.first_at, now)
         return MarginState(
             stretches,
             stretches_ordered,
-            max(1.0, stretches_ordered[rank]),
+            stretch,
             errors,
             errors_ordered,
-            max(0.0, errors_ordered[rank]),
+            error,
+            held_stretch,
+            held_error,
+            now,
+            first_at,
         )
 
     def _within_share(
@@ -475,23 +528,32 @@ class DeadlineAdmission:
         weights = {t: w for t, _, w in view.tenant_queues}
         return within_share(rates, weights, capacity, self.reserve_headroom)
 
-    def _margin(self, tenant: MarginState, expected: float, cap: float) -> float:
+    def _margin(self, tenant: MarginState, expected: float, cap: float, now: float) -> float:
         """The margin for a request predicted to finish in ``expected`` seconds (class
-        docstring, "The learned margin"): ``min((ρ − 1) · expected, e, cap)``; with
-        ``ρ = initial_stretch`` and ``e = ∞`` before ``min_samples`` reports; 0 with
+        docstring, "The learned margin" and "Held peaks"): ``min(max((ρ − 1) · expected,
+        e), untested), cap)`` with ρ and e the held peaks (at least the window's
+        quantiles) and ``untested = (initial_stretch − 1) · exp(−age / τ) · expected``;
+        ``(initial_stretch − 1) · expected`` before ``min_samples`` reports; 0 with
         ``window = 0``."""
         if self.window == 0:
             return 0.0
+        untested = (self.initial_stretch - 1.0) * expected
         if len(tenant.stretches) < self.min_samples:
-            return min((self.initial_stretch - 1.0) * expected, cap)
-        return min((tenant.stretch - 1.0) * expected, tenant.error, cap)
+            return min(untested, cap)
+        stretch = max(tenant.stretch, tenant.held_stretch)
+        error = max(tenant.error, tenant.held_error)
+        learned = min((stretch - 1.0) * expected, error)
+        if self.margin_tau_s is not None and tenant.stretches:
+            age = max(0.0, now - tenant.first_at)
+            learned = max(learned, untested * math.exp(-age / self.margin_tau_s))
+        return min(learned, cap)
 
     def decide(
         self, request: Request, snapshot: Snapshot, state: AdmissionState | None
     ) -> tuple[AdmissionDecision, AdmissionState]:
         view = snapshot.model(request.model)
-        state = self.learn(state, view.promises if view is not None else ())
         now = max(snapshot.time, request.arrival)
+        state = self.learn(state, view.promises if view is not None else (), now)
         fair = view is not None and bool(view.tenant_queues) and self.reserve_headroom is not None
         if fair:
             assert view is not None
@@ -530,7 +592,7 @@ class DeadlineAdmission:
         ahead = queued + sum(r.outstanding for r in ready)
         predicted = now + ahead / speed + min(services)
         cap = self.max_margin_ratio * max(0.0, request.deadline - request.arrival)
-        margin = self._margin(state.of(request.tenant), predicted - now, cap)
+        margin = self._margin(state.of(request.tenant), predicted - now, cap, now)
         target = request.deadline - margin
         if predicted <= target:
             busy = all(r.outstanding > 0 for r in ready)  # the wait is capacity's

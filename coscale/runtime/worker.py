@@ -101,6 +101,7 @@ import numpy as np
 from coscale.backends.base import ReplicaSpec
 from coscale.errors import CoscaleError
 from coscale.runtime import shm
+from coscale.runtime.heap import freeze_startup_heap
 
 #: Environment variables that size the intra-op thread pools of OpenMP, MKL, OpenBLAS…
 THREAD_ENV_VARS: tuple[str, ...] = (
@@ -369,6 +370,7 @@ def worker_main(
         with contextlib.suppress(OSError):
             conn.send(("start_error", error_info(exc)))
         _exit(EXIT_START_FAILED)
+    freeze_startup_heap()
     server = _Server(conn, control, spec, options, built, fault)
     server.serve()
     _exit(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -215,9 +216,9 @@ def _one_replica(
 
 
 def _stretched(rho: float, error: float = 10.0) -> AdmissionState:
-    """A learned state: stretch ``rho`` and error quantile ``error`` (default: so large
-    that the proportional bound decides)."""
-    learned = MarginState((rho,), (rho,), rho, (error,), (error,), error)
+    """A learned state, tested long ago: stretch ``rho`` and error quantile ``error``
+    (default: so large that the proportional bound decides)."""
+    learned = MarginState((rho,), (rho,), rho, (error,), (error,), error, first_at=-math.inf)
     return AdmissionState((("default", learned),))
 
 
@@ -241,7 +242,7 @@ def test_stretch_is_the_quantile_of_recent_stretches() -> None:
     _, same = p.decide(req(deadline=100.0), _one_replica(), state)
     assert same is state
     # a stretch is taken / promised; a report promising no time carries none
-    learned = p.learn(None, (("t", 0.2, 0.5), ("t", 0.0, 0.3)))
+    learned = p.learn(None, (("t", 0.2, 0.5), ("t", 0.0, 0.3)), 0.0)
     assert learned.of("t").stretches == pytest.approx((2.5,))
     assert learned.of("t").errors == pytest.approx((0.3,))
 
@@ -265,7 +266,7 @@ def test_stretch_window_stays_sorted_whatever_the_chunks() -> None:
     for _ in range(200):
         chunk = tuple(round(rng.uniform(0.5, 3), 3) for _ in range(rng.choice((0, 1, 3, 17, 40))))
         stream.extend(chunk)
-        state = p.learn(state, tuple(("t", 1.0, s) for s in chunk))
+        state = p.learn(state, tuple(("t", 1.0, s) for s in chunk), 0.0)
         mine, newest = state.of("t"), stream[-16:]
         assert mine.stretches == pytest.approx(tuple(newest))
         assert mine.stretches_ordered == tuple(sorted(mine.stretches))
@@ -317,6 +318,60 @@ def test_stretch_is_never_below_one() -> None:
     assert state.of("default").stretch == 1.0  # early finishes: the bare prediction at most
 
 
+def test_held_peaks_outlast_the_window_and_decay_with_tau() -> None:
+    # window 4: a dip (stretch 3, error 2 s) is gone from the window after 4 quiet reports
+    p = DeadlineAdmission(min_samples=0, latencies=TABLES, window=4, margin_tau_s=10.0)
+    state = p.learn(None, tuple(("t", 1.0, 3.0) for _ in range(4)), 100.0)
+    state = p.learn(state, tuple(("t", 1.0, 1.0) for _ in range(4)), 110.0)
+    mine = state.of("t")
+    assert mine.stretch == 1.0 and mine.error == 0.0  # the window forgot the dip
+    d = math.exp(-1.0)  # 10 s later, τ = 10 s
+    assert mine.held_stretch == pytest.approx(1.0 + 2.0 * d)
+    assert mine.held_error == pytest.approx(2.0 * d)
+    assert mine.held_at == 110.0
+    # the margin uses the held values: queue 30 → predicted 10.31 s after now = 10
+    snap = _one_replica(queue=30)
+    held = AdmissionState((("default", replace(mine, first_at=-math.inf)),))
+    margin = min(2.0 * d * 0.31, 2.0 * d)  # (ρ_held − 1) · 0.31 < e_held
+    assert p.decide(req(deadline=10.31 + margin + 0.001), snap, held)[0].admit
+    assert not p.decide(req(deadline=10.31 + margin - 0.001), snap, held)[0].admit
+    # a larger quantile replaces the held value at once
+    state = p.learn(state, tuple(("t", 1.0, 5.0) for _ in range(4)), 111.0)
+    assert state.of("t").held_stretch == pytest.approx(5.0)
+    # without held peaks (margin_tau_s None) the window's quantiles are the margin's
+    off = DeadlineAdmission(min_samples=0, latencies=TABLES, window=4, margin_tau_s=None)
+    s2 = off.learn(None, tuple(("t", 1.0, 3.0) for _ in range(4)), 100.0)
+    s2 = off.learn(s2, tuple(("t", 1.0, 1.0) for _ in range(4)), 110.0)
+    assert s2.of("t").held_stretch == 1.0 and s2.of("t").held_error == 0.0
+    with pytest.raises(CoscaleError, match="margin_tau_s"):
+        DeadlineAdmission(margin_tau_s=0.0)
+
+
+def test_untested_margin_fades_with_the_time_the_reports_cover() -> None:
+    p = DeadlineAdmission(latencies=TABLES, min_samples=2, margin_tau_s=60.0)
+    # two exact reports at time 10 (the first): ρ = 1, e = 0, but only just tested
+    state = p.learn(None, (("default", 1.0, 1.0), ("default", 1.0, 1.0)), 10.0)
+    assert state.of("default").first_at == 10.0
+    snap = _one_replica(queue=30)  # predicted = now + 0.31 at now = 10
+
+    def admits(deadline: float, at: float) -> bool:
+        # the same queue, seen ``at`` seconds after the first report
+        later = Snapshot(10.0 + at, snap.models, snap.replicas)
+        return p.decide(req(deadline=deadline + at, arrival=10.0 + at), later, state)[0].admit
+
+    # age 0: the untested margin (2 − 1) × 0.31
+    assert admits(10.31 + 0.31 + 0.001, 0.0) and not admits(10.31 + 0.31 - 0.001, 0.0)
+    # a minute later: (2 − 1) × e^−1 × 0.31
+    m = math.exp(-1.0) * 0.31
+    assert admits(10.31 + m + 0.001, 60.0) and not admits(10.31 + m - 0.001, 60.0)
+    # later reports do not restart the clock
+    again = p.learn(state, (("default", 1.0, 1.0),), 50.0)
+    assert again.of("default").first_at == 10.0
+    # off (margin_tau_s None): the learned margin alone, 0 here
+    off = DeadlineAdmission(latencies=TABLES, min_samples=2, margin_tau_s=None)
+    assert off.decide(req(deadline=10.311), snap, state)[0].admit
+
+
 def test_margin_is_capped_so_a_short_queue_still_admits() -> None:
     p = DeadlineAdmission(min_samples=0, latencies=TABLES)  # max_margin_ratio 0.8
     huge = _stretched(10.0)
@@ -349,7 +404,8 @@ def test_only_waits_for_busy_replicas_are_learned_from() -> None:
 
 
 def test_stretch_is_the_initial_one_until_min_samples_reports() -> None:
-    p = DeadlineAdmission(latencies=TABLES, min_samples=3)  # initial_stretch 2
+    # initial_stretch 2; no fading floor after min_samples (margin_tau_s None)
+    p = DeadlineAdmission(latencies=TABLES, min_samples=3, margin_tau_s=None)
     # budget 1 s: 2 × (predicted − now) must fit, so 10 + 45 / 100 + 0.01 = 10.46 fits
     # (margin 0.46), 10.51 does not (margin 0.51 → target 10.49)
     assert p.decide(req(deadline=11.0), _one_replica(queue=45), None)[0].admit
