@@ -93,6 +93,9 @@ class ReplicaView:
     ``latency_s``: recent batch latency (exponentially weighted), 0 when unknown.
     ``utilization``: busy fraction of the replica over the last control interval, in [0, 1].
     ``capacity_rps``: items/s the replica can sustain within its model's SLO (from the profile).
+    ``model_ready``: READY replicas of the same model when the view was taken, this one
+    included (0: not given) — set on the free replica a batching policy is offered, so
+    that it can judge the model's load per replica (``SloAware``, rule 7).
     """
 
     id: str
@@ -108,6 +111,7 @@ class ReplicaView:
     utilization: float = 0.0
     capacity_rps: float = 0.0
     started_at: float = 0.0
+    model_ready: int = 0
 
     @property
     def serving(self) -> bool:

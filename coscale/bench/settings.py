@@ -33,7 +33,10 @@ Defaults and why
   failures at the catalog's rates × ``sim_time_scale`` (the catalog's rates per *trace*
   hour: compressing a day into an hour keeps the number of faults the day would see).
 * Scalability: closed loops of ``scal_tasks_sim`` clients in the simulator (on the same
-  1,000-node cluster, preset ``scal_preset``) and ``scal_tasks_live`` clients live.
+  1,000-node cluster, preset ``scal_preset``) and ``scal_tasks_live`` clients live. A
+  simulated level lasts ``scal_sim_s`` or about ``scal_sim_requests`` requests, whichever
+  is shorter (:func:`coscale.bench.sim.run_scal_sim`): served at sub-millisecond
+  latencies, a thousand clients send millions of requests per simulated second.
 """
 
 from __future__ import annotations
@@ -112,6 +115,12 @@ class BenchSettings(BaseModel):
     scal_preset: str = Field(default="optimized-b", description="Preset of the scalability runs.")
     scal_tasks_sim: tuple[int, ...] = Field(default=(10, 50, 100, 200, 500, 1000), min_length=2)
     scal_sim_s: float = Field(default=2.0, gt=0, description="Simulated seconds per level.")
+    scal_sim_requests: int = Field(
+        default=200_000,
+        ge=1,
+        description="A simulated level runs for scal_sim_s or for about this many requests "
+        "(measured by a short pilot), whichever is shorter.",
+    )
     scal_tasks_live: tuple[int, ...] = Field(default=(10, 50, 100, 200), min_length=2)
     scal_live_s: float = Field(default=6.0, gt=0, description="Wall seconds per live level.")
     # parts to run
@@ -148,6 +157,7 @@ _QUICK: dict[str, Any] = {
     "sim_days": 0.5,
     "scal_tasks_sim": (10, 50, 100, 200),
     "scal_sim_s": 1.0,
+    "scal_sim_requests": 50_000,
     "scal_tasks_live": (10, 50, 100),
     "scal_live_s": 2.0,
 }

@@ -21,7 +21,8 @@ For each N in ``scal_tasks_sim``: the same cluster (its 1,000 starting nodes war
 ``scal_preset``, a closed loop of N clients (:class:`~coscale.sim.cluster.ClosedLoop`,
 each sends its next request when the previous is answered; total rate capped at
 :data:`CLOSED_LOOP_CAP_RPS`, far above what N clients reach) for ``scal_sim_s``
-simulated seconds, no faults (the load, not the faults, is under test). Throughput =
+simulated seconds or about ``scal_sim_requests`` requests if that is shorter (a pilot
+measures the rate), no faults (the load, not the faults, is under test). Throughput =
 completed / makespan.
 
 Fidelity (:func:`replay_live`)
@@ -79,6 +80,8 @@ __all__ = [
 DAY_S = 86_400.0
 #: Most rows kept of a time series in the results.
 MAX_SERIES_POINTS = 400
+#: Simulated seconds of the pilot that sizes each scalability level (:func:`run_scal_sim`).
+SCAL_PILOT_S = 0.02
 #: Total rate cap of the simulated closed loops (requests/s): never reached.
 CLOSED_LOOP_CAP_RPS = 1e7
 
@@ -198,25 +201,44 @@ def run_cluster(
     }
 
 
+def _closed_loop_level(
+    settings: BenchSettings, clients: int, duration_s: float, progress: Any = None
+) -> Any:
+    """One simulated closed loop of ``clients`` on the warm cluster; its summary."""
+    from coscale.sim.run import SimOptions, prepare, run_preset
+
+    workload = {
+        "generator": {
+            "kind": "closed-loop",
+            "concurrency": clients,
+            "rate_rps": CLOSED_LOOP_CAP_RPS,
+            "duration_s": duration_s,
+        }
+    }
+    prepared = prepare(cluster_scenario(settings, workload), SimOptions(fault_scale=0.0))
+    return run_preset(prepared, settings.scal_preset, progress).summary
+
+
 def run_scal_sim(
     settings: BenchSettings, progress: Callable[[int, float, float], None] | None = None
 ) -> dict[str, Any]:
-    """Closed loops of N clients on the warm cluster, N in ``scal_tasks_sim``."""
-    from coscale.sim.run import SimOptions, prepare, run_preset
+    """Closed loops of N clients on the warm cluster, N in ``scal_tasks_sim``.
 
+    Each level lasts ``T = min(scal_sim_s, max(p, scal_sim_requests / X_p))`` simulated
+    seconds, ``X_p`` being the throughput of a pilot run of ``p`` =
+    min(:data:`SCAL_PILOT_S`, ``scal_sim_s``) s: the number of requests, not the
+    simulated time, bounds the wall time (at 0.04 ms per request ten clients send 250,000
+    requests per simulated second), and a closed loop at sub-millisecond latencies is in
+    its steady state within the pilot. ``T ≤ p`` → the pilot is the level."""
     points = []
     for n in settings.scal_tasks_sim:
-        workload = {
-            "generator": {
-                "kind": "closed-loop",
-                "concurrency": n,
-                "rate_rps": CLOSED_LOOP_CAP_RPS,
-                "duration_s": settings.scal_sim_s,
-            }
-        }
-        prepared = prepare(cluster_scenario(settings, workload), SimOptions(fault_scale=0.0))
         cb = None if progress is None else (lambda now, total, n=n: progress(n, now, total))
-        s = run_preset(prepared, settings.scal_preset, cb).summary
+        pilot_s = min(SCAL_PILOT_S, settings.scal_sim_s)
+        s = _closed_loop_level(settings, n, pilot_s, cb)
+        wanted = settings.scal_sim_requests / s.throughput_rps if s.throughput_rps > 0 else 0.0
+        duration = min(settings.scal_sim_s, max(pilot_s, wanted))
+        if duration > pilot_s:
+            s = _closed_loop_level(settings, n, duration, cb)
         points.append(
             {
                 "tasks": n,
@@ -225,6 +247,7 @@ def run_scal_sim(
                 "p99_ms": s.latency_ms.p99,
                 "requests": s.requests,
                 "replicas_mean": float(s.extra.get("replicas_mean", 0.0)),
+                "duration_s": duration,
             }
         )
     nodes = sum(c for _, c, _ in CLUSTER_POOLS)
@@ -233,7 +256,8 @@ def run_scal_sim(
         "nodes": nodes,
         "points": points,
         "note": f"simulated: {nodes:,} nodes warm at the start, preset {settings.scal_preset}, "
-        f"closed loop for {settings.scal_sim_s:g} simulated s per level, MiniLM/digits "
+        f"closed loop for {settings.scal_sim_s:g} simulated s per level or about "
+        f"{settings.scal_sim_requests:,} requests if fewer, MiniLM/digits "
         f"{settings.sim_minilm_share:.0%}/{1 - settings.sim_minilm_share:.0%}; "
         "throughput = answered / makespan.",
     }

@@ -237,7 +237,9 @@ class LiveReplica:
         rest = self.running_until - now if self.running is not None else 0.0
         return max(0.0, rest) + self.pending_work_s
 
-    def view(self, now: float) -> ReplicaView:
+    def view(self, now: float, model_ready: int = 0) -> ReplicaView:
+        """The replica as policies see it; ``model_ready``: the model's READY replicas
+        (given to the batching policy, 0 elsewhere)."""
         return ReplicaView(
             id=self.id,
             model=self.spec.model,
@@ -252,6 +254,7 @@ class LiveReplica:
             utilization=self.utilization,
             capacity_rps=self.capacity_rps,
             started_at=self.ready_at if self.state is not STARTING else self.decided_at,
+            model_ready=model_ready,
         )
 
     def observe_batch(self, items: int, service_s: float, cycle_s: float) -> None:
@@ -422,10 +425,12 @@ class Lane:
 
     def free_replica(self, now: float) -> ReplicaView | None:
         best: LiveReplica | None = None
+        ready = 0
         for r in self.replicas.values():
+            ready += r.state is READY
             if r.idle and (best is None or (r.speed_s, r.id) < (best.speed_s, best.id)):
                 best = r
-        return None if best is None else best.view(now)
+        return None if best is None else best.view(now, model_ready=ready)
 
     def ready_views(self, now: float) -> list[ReplicaView]:
         return [r.view(now) for r in self.replicas.values() if r.state is READY]

@@ -908,7 +908,8 @@ class ClusterSimulator:
             f = m.free()
             if f is None:
                 return
-            decision, m.bstate = m.batching.decide(now, queue.view(), f.view(now), m.bstate)
+            free = f.view(now, len(m.ready))
+            decision, m.bstate = m.batching.decide(now, queue.view(), free, m.bstate)
             k = decision.dispatch
             if k <= 0:
                 if decision.wake_at is not None:

@@ -151,7 +151,7 @@ class SimReplica:
         self.cover = False
         self.was_ready = False
         self.view_cache: ReplicaView | None = None
-        self.view_stamp: tuple[int, float, float] = (-1, 0.0, 0.0)
+        self.view_stamp: tuple[int, float, float, int] = (-1, 0.0, 0.0, 0)
 
     @property
     def idle(self) -> bool:
@@ -162,14 +162,20 @@ class SimReplica:
         g = self.group
         return (g.model, g.variant, g.node.name, self.spot)
 
-    def view(self, now: float) -> ReplicaView:
-        """A frozen :class:`ReplicaView` of this replica at ``now``.
+    def view(self, now: float, model_ready: int = 0) -> ReplicaView:
+        """A frozen :class:`ReplicaView` of this replica at ``now``; ``model_ready``: the
+        model's READY replicas (given to the batching policy, 0 elsewhere).
 
         Views are cached: a replica that changed nothing since its last view (same
-        version and utilization, and — if it holds work, whose remaining time depends on
-        the clock — the same ``now``) gets the same object back.
+        version, utilization and ``model_ready``, and — if it holds work, whose remaining
+        time depends on the clock — the same ``now``) gets the same object back.
         """
-        stamp = (self.version, self.utilization, now if self.running is not None else -1.0)
+        stamp = (
+            self.version,
+            self.utilization,
+            now if self.running is not None else -1.0,
+            model_ready,
+        )
         if self.view_stamp == stamp and self.view_cache is not None:
             return self.view_cache
         g = self.group
@@ -188,6 +194,7 @@ class SimReplica:
             utilization=self.utilization,
             capacity_rps=g.capacity_rps,
             started_at=self.ready_at if self.state is not STARTING else self.decided_at,
+            model_ready=model_ready,
         )
         self.view_cache = v
         self.view_stamp = stamp

@@ -10,7 +10,14 @@ import pytest
 
 from coscale.bench.live import PEAK_BIN_S, machine_share, peak_rate, per_item_s, plan_cycle
 from coscale.bench.settings import BenchSettings, defaults, from_overrides
-from coscale.bench.sim import ScheduledKill, replay_live, run_cluster, run_scal_sim, thin_series
+from coscale.bench.sim import (
+    SCAL_PILOT_S,
+    ScheduledKill,
+    replay_live,
+    run_cluster,
+    run_scal_sim,
+    thin_series,
+)
 from coscale.catalog import load_catalog
 from coscale.catalog.profiles import latency_table, load_profile
 from coscale.errors import InvalidInputError
@@ -194,6 +201,14 @@ def test_simulated_closed_loops_measure_throughput_per_level() -> None:
     assert all(p["throughput_rps"] > 0 and p["requests"] > 0 for p in points)
     # more clients, more throughput on a warm 1,000-node cluster
     assert points[2]["throughput_rps"] > points[0]["throughput_rps"]
+    # each level lasts the pilot-sized span: about scal_sim_requests (50,000 quick) or
+    # scal_sim_s, whichever is shorter
+    for p in points:
+        assert SCAL_PILOT_S <= p["duration_s"] <= 0.2
+        if p["duration_s"] < 0.2:
+            assert p["requests"] == pytest.approx(50_000, rel=0.2)
+    few = run_scal_sim(_tiny(scal_tasks_sim=(10, 50), scal_sim_requests=1))
+    assert [p["duration_s"] for p in few["points"]] == [SCAL_PILOT_S, SCAL_PILOT_S]
 
 
 def test_replay_of_a_live_run_uses_its_segment_budget_and_kill() -> None:

@@ -680,7 +680,12 @@ class _Fixed:
 
 
 def _bare(
-    arrivals: Arrivals | ClosedLoop, *, replicas: int, fair: WeightedFairQueue | None
+    arrivals: Arrivals | ClosedLoop,
+    *,
+    replicas: int,
+    fair: WeightedFairQueue | None,
+    batching: Any = None,
+    batch_limit: int = 1,
 ) -> SimResult:
     from coscale.policies.admission import AdmitAll
     from coscale.policies.base import Pool
@@ -691,9 +696,9 @@ def _bare(
         1.0,
         (option,),
         RoundRobin(),
-        _no_batching(),
+        batching if batching is not None else _no_batching(),
         AdmitAll(),
-        batch_limit=1,
+        batch_limit=batch_limit,
         fair_queue=fair,
     )
     sim = ClusterSimulator(
@@ -708,6 +713,26 @@ def _bare(
         drain_limit_s=10_000.0,
     )
     return sim.run()
+
+
+def test_batching_judges_the_models_load_per_ready_replica_before_utilization() -> None:
+    """Four closed-loop clients on 16 replicas, for 10 s (before the first control
+    interval measures any utilization): the model's arrivals come every ~6 ms against a
+    22-ms batch-1 latency (lat(1)/gap ≈ 4, "loaded"), but spread over 16 replicas each
+    replica's load is ≈ 0.25, so ``slo-aware`` dispatches at once instead of waiting up
+    to a quarter of the 1-s SLO for batches to fill."""
+    from coscale.policies.batching import SloAware
+
+    option = _option(FP32, "c7a.large")
+    slo = SloAware(latencies={(option.variant, option.node.name): option.latency}, max_batch=8)
+    loop = ClosedLoop(clients=4, rate_rps=10_000.0, duration_s=10.0, model_weights=(1.0,))
+    log = _bare(loop, replicas=16, fair=None, batching=slo, batch_limit=8).requests
+    alone = option.latency.latency(1)
+    waited = log.finish - log.arrival - alone
+    assert np.mean(waited) < 0.002  # served as they come: no batch-filling waits
+    # one replica: the same arrivals are its own load, and it waits to batch them
+    log1 = _bare(loop, replicas=1, fair=None, batching=slo, batch_limit=8).requests
+    assert np.mean(log1.finish - log1.arrival - alone) > 0.02
 
 
 # ------------------------------------------------------------------ reactions to bursts

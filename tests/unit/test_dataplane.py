@@ -309,6 +309,19 @@ def test_outputs_are_the_models_one_per_item_in_order(digits_profile: ProfileFil
     )
 
 
+def test_the_free_replica_offered_to_batching_counts_the_models_ready_replicas(
+    digits_profile: ProfileFile,
+) -> None:
+    async def body(s: ServingSystem) -> None:
+        lane = s.plane.lane("digits")
+        view = lane.free_replica(s.plane.clock.now())
+        assert view is not None and view.model_ready == 3
+        # the views policies see elsewhere (routing, snapshots) do not carry it
+        assert {v.model_ready for v in lane.ready_views(s.plane.clock.now())} == {0}
+
+    run(make(digits_profile, replicas=3), body)
+
+
 def test_bad_requests_get_the_right_errors(digits_profile: ProfileFile) -> None:
     system = make(digits_profile, replicas=1, max_batch=4)
 

@@ -395,6 +395,11 @@ def test_slo_aware_judges_the_load_per_replica_once_measured() -> None:
     assert slo().decide(0.0, lone, unmeasured, busy_model)[0] == BatchDecision(
         0, pytest.approx(0.05)
     )
+    # … spread over the model's READY replicas: 1.5 / 2 = 0.75 still waits, 1.5 / 4 does not
+    two = rep(utilization=0.2, model_ready=2)
+    assert slo().decide(0.0, lone, two, busy_model)[0] == BatchDecision(0, pytest.approx(0.05))
+    four = rep(utilization=0.2, model_ready=4)
+    assert slo().decide(0.0, lone, four, busy_model)[0] == BatchDecision(1)
 
 
 def test_observe_arrivals_folds_only_new_requests_into_the_gap_average() -> None:
