@@ -362,7 +362,7 @@ class DeadlineAdmission:
     with the time a tenant's reports have covered: for ``age = now − first report``, the
     margin is at least ``(initial_stretch − 1) · exp(−age / τ) · (predicted − now)`` —
     the untested margin, fading with the same τ (a request is admitted if 1.8× its
-    predicted time fits after 13 s of reports, 1.4× after a minute, 1.07× after three).
+    predicted time fits after 13 s of reports, 1.4× after a minute, 1.05× after three).
 
     **Reserved shares** (``reserve_headroom``, default 0.25; ``None`` turns it off).
     Under a weighted fair queue (``ModelView.tenant_queues`` given) a tenant that asks
@@ -530,8 +530,8 @@ class DeadlineAdmission:
 
     def _margin(self, tenant: MarginState, expected: float, cap: float, now: float) -> float:
         """The margin for a request predicted to finish in ``expected`` seconds (class
-        docstring, "The learned margin" and "Held peaks"): ``min(max((ρ − 1) · expected,
-        e), untested), cap)`` with ρ and e the held peaks (at least the window's
+        docstring, "The learned margin" and "Held peaks"): ``min(max(min((ρ − 1) ·
+        expected, e), untested), cap)`` with ρ and e the held peaks (at least the window's
         quantiles) and ``untested = (initial_stretch − 1) · exp(−age / τ) · expected``;
         ``(initial_stretch − 1) · expected`` before ``min_samples`` reports; 0 with
         ``window = 0``."""
