@@ -475,23 +475,30 @@ class FluidSimulator:
             out = math.floor(acc + 1e-9)
             carry[r.model] = acc - out
             views.append(
-                ReplicaView(
-                    f"f{r.id}",
-                    self._models[r.model].name,
-                    r.group.variant,
-                    r.group.node.name,
-                    r.state,
-                    r.spot,
+                self._replica_view(
+                    r,
                     outstanding=out if ready else 0,
-                    queued_work_s=0.0,
                     rate=util * r.group.mu if ready else 0.0,
                     latency_s=service if ready else 0.0,
                     utilization=util if ready else 0.0,
-                    capacity_rps=r.group.mu,
-                    started_at=r.ready_at if ready else r.decided,
                 )
             )
         return Snapshot(now, tuple(models), tuple(views))
+
+    def _replica_view(self, r: _Replica, **observed: Any) -> ReplicaView:
+        """``r``'s identity, state, ``capacity_rps`` and start as a policy sees them, with
+        the ``observed`` fields (load, rates) of the caller's snapshot."""
+        return ReplicaView(
+            f"f{r.id}",
+            self._models[r.model].name,
+            r.group.variant,
+            r.group.node.name,
+            r.state,
+            r.spot,
+            capacity_rps=r.group.mu,
+            started_at=r.ready_at if r.state is READY else r.decided,
+            **observed,
+        )
 
     def _react(self, now: float) -> None:
         """The allocation policy's reaction to bursts, as the request-level simulator's:
@@ -503,19 +510,7 @@ class FluidSimulator:
             models.append(_model_view(m, m.arrived_burst / span))
             m.arrived_burst = 0.0
         self._last_react = now
-        views = tuple(
-            ReplicaView(
-                f"f{r.id}",
-                self._models[r.model].name,
-                r.group.variant,
-                r.group.node.name,
-                r.state,
-                r.spot,
-                capacity_rps=r.group.mu,
-                started_at=r.ready_at if r.state is READY else r.decided,
-            )
-            for r in self._alive.values()
-        )
+        views = tuple(self._replica_view(r) for r in self._alive.values())
         snapshot = Snapshot(now, tuple(models), views)
         plan, self._astate = self._allocation.react(snapshot, self._astate)  # type: ignore[attr-defined]
         if plan is not None:
