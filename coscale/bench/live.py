@@ -599,6 +599,7 @@ def _row(
     answered = [r for r in records if r.outcome is Outcome.COMPLETED]
     in_slo = [r for r in answered if r.latency_s * 1000.0 <= slo_ms]
     items = sum(r.items for r in answered)
+    wire = [r.finish - r.wired for r in answered if math.isfinite(r.wired)]
     return {
         "preset": preset,
         "processing_time_s": s.makespan_s,
@@ -608,6 +609,7 @@ def _row(
         "slo_attainment": len(in_slo) / len(answered) if answered else 0.0,
         "p50_ms": s.latency_ms.p50,
         "p99_ms": s.latency_ms.p99,
+        "wire_mean_ms": 1000.0 * sum(wire) / len(wire) if wire else None,
         "throughput_rps": s.throughput_rps,
         "energy_j": s.energy_j,
         "energy_per_inference_j": s.energy_j / items if items else None,

@@ -637,6 +637,8 @@ def _calibration_text(how: Mapping[str, Any] | None) -> str:
             f"{_fmt(how.get('mean_batch_items'), '.1f')} live, "
             f"{_fmt(how.get('profile_service_ms'), '.0f')} ms profiled)"
         )
+        if how.get("http_path_ms"):
+            parts.append(f"HTTP path {_fmt(how['http_path_ms'], '.1f')} ms")
     else:
         parts.append("profile as measured")
     if how.get("replacement_startup_s") is not None:

@@ -41,10 +41,12 @@ second (:class:`ScheduledKill`), and no other fault. As the live server:
 Calibration, per run, on what that run observed: its replacement's start-up after the
 kill (:func:`replacement_startup_s`, from the run's READY series) replaces the node
 type's; and when the run saved ``server_telemetry`` (:func:`server_telemetry`, two
-``/metrics`` scrapes around the cycle) and the client's ``mean_ms``, every latency table
-is scaled by ``k`` = live mean service per batch / the table's at the live mean batch
-size, and requests reach the simulated server ``c`` = client mean − server mean latency
-later (:func:`_calibration`). Both sides are then measured alike
+``/metrics`` scrapes around the cycle), every latency table is scaled by ``k`` = live
+mean service per batch / the table's mean at the live mean batch size over the
+segment's request lengths; when the run also saved the client's mean time on the wire
+(``wire_mean_ms``), requests reach the simulated server ``c`` = that − the server's mean
+latency later, the HTTP path the simulator does not model (:func:`_calibration`,
+:func:`http_path_ms`). Both sides are then measured alike
 (:func:`twin_figures`): p50, p99 over completed requests from the client's send;
 throughput = completed / (last answer − first send).
 """
@@ -333,10 +335,17 @@ def _calibration(
 ) -> tuple[float, dict[str, Any]]:
     """(service scale k, what was used) for one live run.
 
-    ``k`` = the live mean service time per batch / the simulator's table (the profile on
-    this node type, with the backend's per-batch overhead) at the live mean batch size
-    and the segment's median request length, for ``variant``. Without the run's
-    ``server_telemetry``: k = 1 (the profile as measured)."""
+    ``k`` = the live mean service time per batch / the simulator's mean table latency
+    (the profile on this node type, with the backend's per-batch overhead) for
+    ``variant``: the table interpolated linearly at the live mean batch size ``b̄`` (not
+    rounded: 1.53 items is 47 % of the way from one item to two), averaged over the
+    segment's request lengths — the twin serves each request at its own length, so a
+    median length (256 tokens where a quarter of the requests are shorter) would
+    overstate the table's mean and understate ``k``. A run that also saved the client's
+    mean time on the wire (``wire_mean_ms``: answer − on the wire, completed requests)
+    gives the HTTP path ``how["http_path_ms"]`` = that − the server's mean latency
+    (arrival in the data plane → answer, from the same telemetry), at least 0; else 0.
+    Without the run's ``server_telemetry``: k = 1 (the profile as measured)."""
     obs = run.get("server_telemetry") or {}
     batches = float(obs.get("batches", 0.0))
     if batches <= 0:
@@ -345,8 +354,7 @@ def _calibration(
     mean_s = float(obs["batch_service_s"]) / batches
     options = prepared.options[0]
     option = next((o for o in options if o.variant == variant), options[0])
-    seq = int(np.median(prepared.arrivals.seq_lens)) if len(prepared.arrivals) else 0
-    predicted = option.latency.latency(max(1, round(mean_b)), seq)
+    predicted = mean_table_latency(option.latency, mean_b, prepared.arrivals.seq_lens)
     k = mean_s / predicted if predicted > 0 else 1.0
     return k, {
         "calibrated": True,
@@ -356,7 +364,48 @@ def _calibration(
         "mean_service_ms": mean_s * 1000.0,
         "profile_service_ms": predicted * 1000.0,
         "service_scale": k,
+        "http_path_ms": http_path_ms(run),
     }
+
+
+def mean_table_latency(table: Any, mean_items: float, seq_lens: Any) -> float:
+    """``table``'s latency at a fractional batch size ``mean_items`` (linear between the
+    two integer sizes around it, at least one item), averaged over ``seq_lens`` (each
+    request's length; empty: length 0). O(U log B) for U distinct lengths."""
+    lo = max(1, int(np.floor(mean_items)))
+    frac = min(1.0, max(0.0, mean_items - lo))
+    lengths, counts = np.unique(np.asarray(seq_lens, dtype=np.int64), return_counts=True)
+    if not len(lengths):
+        lengths, counts = np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64)
+    at = [
+        (1.0 - frac) * table.latency(lo, int(s)) + frac * table.latency(lo + 1, int(s))
+        for s in lengths
+    ]
+    return float(np.dot(at, counts) / counts.sum())
+
+
+def http_path_ms(run: Mapping[str, Any]) -> float:
+    """The live HTTP path's mean, ms: the client's mean time on the wire
+    (``run["wire_mean_ms"]``) − the server's mean latency (``server_latency_s`` /
+    ``completed`` of ``run["server_telemetry"]``), at least 0; 0 when either is missing."""
+    obs = run.get("server_telemetry") or {}
+    wire = run.get("wire_mean_ms")
+    done = float(obs.get("completed", 0.0))
+    if wire is None or done <= 0 or not np.isfinite(wire):
+        return 0.0
+    return max(0.0, float(wire) - 1000.0 * float(obs.get("server_latency_s", 0.0)) / done)
+
+
+def _after_http_path(prepared: Any, http_s: float) -> Any:
+    """``prepared`` with every request reaching the server ``http_s`` later (the HTTP
+    path the simulator does not model, as a constant measured on the live run)."""
+    import dataclasses
+
+    if http_s <= 0:
+        return prepared
+    a = prepared.arrivals
+    shifted = dataclasses.replace(a, times=a.times + http_s, duration_s=a.duration_s + http_s)
+    return dataclasses.replace(prepared, arrivals=shifted)
 
 
 def _calibrated(prepared: Any, k: float, startup_s: float | None) -> Any:
@@ -545,6 +594,7 @@ def replay_live(
         how["connections"] = connections
         calibrated += int(bool(how["calibrated"]))
         twin = _calibrated(prepared, k, startup)
+        twin = _after_http_path(twin, how.get("http_path_ms", 0.0) / 1000.0)
         kill = killed["at_s"] if killed else None
         result = _run_twin(twin, run["preset"], kill, connections)
         pairs.append(

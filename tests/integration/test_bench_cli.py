@@ -58,6 +58,9 @@ def test_one_live_cycle_kills_a_worker_and_answers_every_request(tmp_path: Path)
     assert row["processing_time_s"] >= 0.5 * plan.cycle_s
     assert row["cost_usd"] > 0 and row["replica_seconds"] > 0
     assert 0.0 <= row["reliability"] <= 1.0
+    # the client's time on the wire includes the server's own latency
+    obs = row["server_telemetry"]
+    assert row["wire_mean_ms"] >= 1000.0 * obs["server_latency_s"] / obs["completed"] > 0
     assert row["series"]["time_s"] and max(row["series"]["replicas"]) >= 1
     assert [p["tasks"] for p in points] == [4, 16]
     assert all(p["throughput_rps"] > 0 for p in points)

@@ -11,11 +11,14 @@ import pytest
 
 from coscale.bench.settings import from_overrides
 from coscale.bench.sim import (
+    _after_http_path,
     _calibrated,
     _calibration,
     _run_twin,
     first_plan,
+    http_path_ms,
     live_twin_scenario,
+    mean_table_latency,
     replacement_startup_s,
     replay_live,
     server_telemetry,
@@ -24,7 +27,7 @@ from coscale.bench.sim import (
 from coscale.sim.build import build_policies
 from coscale.sim.run import SimOptions, prepare
 from coscale.telemetry.records import RequestRecord, Telemetry
-from coscale.types import Outcome
+from coscale.types import LatencyTable, Outcome
 
 DIGITS = Path(__file__).resolve().parents[2] / "coscale" / "data" / "profiles" / "digits-cnn.json"
 SETTINGS = from_overrides(True, {"model": "digits-cnn", "segment_s": 20.0})
@@ -118,6 +121,46 @@ def test_calibration_scales_the_profile_to_the_observed_service() -> None:
     assert scaled.node.startup_s == 7.0 and twin.pools[0].node.startup_s == 7.0
     # nothing observed: the profile as measured
     assert _calibration(prepared, {}, option.variant) == (1.0, {"calibrated": False})
+
+
+def test_the_mean_table_latency_interpolates_the_batch_and_averages_the_lengths() -> None:
+    # 10 ms + 10 ms per extra item at 100 tokens, twice that at 200
+    table = LatencyTable((1, 2, 4), (100, 200), ((0.010, 0.020, 0.040), (0.020, 0.040, 0.080)))
+    # a mean batch of 1.5 items is halfway between one and two, not rounded to two
+    assert mean_table_latency(table, 1.5, [100]) == pytest.approx(0.015)
+    # three requests of 200 tokens and one of 100: their mean, not the median length's
+    assert mean_table_latency(table, 1.0, [200, 100, 200, 200]) == pytest.approx(0.0175)
+    assert mean_table_latency(table, 0.4, []) == pytest.approx(table.latency(1, 0))
+
+
+def test_calibration_reads_a_fractional_mean_batch_at_the_requests_own_lengths() -> None:
+    prepared = _prepared()
+    option = prepared.options[0][0]
+    between = 0.5 * (option.latency.latency(1, 0) + option.latency.latency(2, 0))
+    run = {"server_telemetry": {"batches": 4.0, "batch_items": 6.0, "batch_service_s": 8 * between}}
+    k, how = _calibration(prepared, run, option.variant)
+    assert k == pytest.approx(2.0)  # 1.5 items: halfway, where rounding would read 2
+    assert how["http_path_ms"] == 0.0  # the client's wire time not saved
+
+
+def test_the_http_path_is_the_clients_wire_time_less_the_servers_latency() -> None:
+    telemetry = {"batches": 1.0, "completed": 10.0, "server_latency_s": 0.5}
+    assert http_path_ms({"server_telemetry": telemetry, "wire_mean_ms": 56.0}) == pytest.approx(6.0)
+    assert http_path_ms({"server_telemetry": telemetry, "wire_mean_ms": 40.0}) == 0.0
+    assert http_path_ms({"server_telemetry": telemetry}) == 0.0
+    assert http_path_ms({"wire_mean_ms": 56.0}) == 0.0
+
+
+def test_requests_reach_the_twin_the_http_path_later() -> None:
+    prepared = _prepared()
+    later = _after_http_path(prepared, 0.25)
+    assert np.allclose(later.arrivals.times, prepared.arrivals.times + 0.25)
+    assert later.arrivals.duration_s == pytest.approx(prepared.arrivals.duration_s + 0.25)
+    assert _after_http_path(prepared, 0.0) is prepared
+    sent = prepared.arrivals.times
+    now = twin_figures(_run_twin(prepared, "baseline", None), sent)
+    then = twin_figures(_run_twin(later, "baseline", None), sent)
+    assert then["p50_ms"] == pytest.approx(now["p50_ms"] + 250.0, abs=1.0)
 
 
 def test_a_preset_without_initial_replicas_starts_with_its_first_plan_like_the_server() -> None:
