@@ -628,8 +628,10 @@ def replay_live(
         "(as live) after the start-up measured in that run; queued requests time out "
         "after 10 × the SLO, as live; at most "
         f"{connections} requests are at the server at once (coscale load's connection "
-        "pool for this schedule; the others wait in the client). The HTTP path itself "
-        "is not simulated. Both sides are measured the same way: p50/p99 over completed "
+        "pool for this schedule; the others wait in the client). The HTTP path is not "
+        "simulated: where the live run measured it (the client's mean time on the wire − "
+        "the server's mean latency), every request reaches the simulated server that much "
+        "later. Both sides are measured the same way: p50/p99 over completed "
         "requests from the scheduled send, throughput = completed / (last answer − first "
         "scheduled send); errors = |sim − live| / live.",
     }

@@ -342,11 +342,33 @@ def test_slo_aware_full_batch_goes_at_once() -> None:
 def test_slo_aware_dispatches_when_batch_cannot_grow_in_time() -> None:
     # 8 requests due at 0.054: lat(8) = 0.05 fits, lat(9) = 0.055 does not, so B = 8 and the
     # queue already holds it; there is 4 ms of slack, but waiting could not grow the batch
-    p = slo(margin_s=0.0, margin_ratio=0.0)
+    # (min_batch_gain 0: 7 → 8 items buys only 3 % per item, which the default would not
+    # wait for — see the test below)
+    p = slo(margin_s=0.0, margin_ratio=0.0, min_batch_gain=0.0)
     d, _ = p.decide(0.0, queue(8, deadline=0.054), rep(), None)
     assert d == BatchDecision(8)
     d, _ = p.decide(0.0, queue(7, deadline=0.054), rep(), None)  # 7 < B: it waits
     assert d == BatchDecision(0, pytest.approx(0.054 - lat(7)))
+
+
+def test_slo_aware_waits_only_when_a_fuller_batch_is_cheaper_per_item() -> None:
+    # LINEAR: 3 items 25 ms (8.3 ms an item), 32 items 170 ms (5.3) — worth waiting for
+    d, _ = slo().decide(0.0, queue(3, deadline=0.2), rep(), None)
+    assert d.dispatch == 0 and d.wake_at is not None
+    # 7 items queued, 8 fit by the deadline: 6.43 → 6.25 ms an item, under 10 % → go now
+    d, _ = slo(margin_s=0.0, margin_ratio=0.0).decide(0.0, queue(7, deadline=0.054), rep(), None)
+    assert d == BatchDecision(7)
+    # no batching gain at all (20 ms an item at every size): never wait, however loaded
+    flat = {("fp32-eager", "cpu"): LatencyTable((1, 32), (0,), ((0.02, 0.64),))}
+    busy, often = rep(utilization=1.0, rate=50.0), ArrivalEstimate(-1.0, 0.001)
+    d, _ = SloAware(latencies=flat).decide(0.0, queue(2, deadline=1.0), busy, often)
+    assert d == BatchDecision(2)
+    # the same load and table with the gain not required: it waits to fill
+    p = SloAware(latencies=flat, min_batch_gain=0.0)
+    d, _ = p.decide(0.0, queue(2, deadline=1.0), busy, often)
+    assert d.dispatch == 0
+    with pytest.raises(CoscaleError, match="min_batch_gain"):
+        SloAware(min_batch_gain=-0.1)
 
 
 def test_slo_aware_waits_with_margin_to_fill() -> None:
