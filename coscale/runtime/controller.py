@@ -44,8 +44,9 @@ When the allocation policy reacts to bursts between decisions (it has a ``react`
 method and a ``react_interval_s`` that is not None: the predictive policy with
 ``burst_ratio``), every ``react_interval_s`` the controller gives it the short window's
 snapshot (:meth:`DataPlane.burst_snapshot`: arrivals over the window, the queue now) and
-applies the plan it returns, if any (:meth:`Controller.react`). The policy's state is the
-one its decisions carry, so the capacity a reaction adds is held like any decision's.
+applies the plan it returns, if any (:meth:`Controller.react`): one that adds burst
+capacity, or one that releases it once its hold has lapsed. The policy's state is the
+one its decisions carry, so decisions keep a burst's capacity while it is held.
 
 Failures
 --------

@@ -426,7 +426,7 @@ def test_bursts_between_decisions_reach_the_policy_react_on_the_clock(
         plan = s.controller.plans[-1]
         assert plan.reason.startswith("predictive: burst") and plan.count("digits") >= 1
         state = s.controller.state.get("digits")
-        assert state.capacity_rps == pytest.approx(10.0, rel=0.05)
+        assert state.burst_rps == pytest.approx(10.0, rel=0.05) and state.capacity_rps == 1.0
         clock.advance(2.0)  # a quiet window: 0 req/s, no reaction
         await asyncio.sleep(0.05)
         assert s.controller.reactions == 1 and s.controller.decisions == 0

@@ -56,18 +56,34 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
    is set): a decision every ``interval_s`` (15 s) sees a burst of a few seconds only
    as part of the interval's mean, and only at the next decision. So the executor also
    calls ``react`` every ``burst_window_s`` (default 2 s) with a snapshot of that short
-   window (``arrival_rate`` measured over it, the queue now). For each model, with
-   ``R_b = y_b + queue_length / backlog_drain_s`` (step 4's floor on the short window)
-   and ``C`` the capacity provisioned: if ``R_b > burst_ratio × C`` (Knative's "panic"
-   threshold is 2; off in the presets, see :mod:`~coscale.policies.presets`), ``C ←
-   R_b`` at once and ``(now, R_b)`` joins the wants, so step 6 holds it for the
-   cool-down like any other want; the other models keep their ``C``; all are placed
-   again (step 7–8). Before the first decision a model's ``C`` is what its READY and
-   STARTING replicas' ``capacity_rps`` add up to (the executor's initial replicas). No
-   model over its threshold → no plan (``None``): a reaction only ever adds capacity,
-   the decisions every interval remain the only ones that remove it. The forecast is
-   not updated (a short window's rate is not an interval's observation). It pays where
-   a replica starts within a burst (a warm standby), not where start-ups take minutes.
+   window (``arrival_rate`` measured over it, the queue now). Only models whose options
+   all start within ``burst_max_startup_s`` (default 10 s: a local worker, a warm
+   standby) react — a replica that takes minutes arrives after a burst of seconds. For
+   each such model, with ``R_b = y_b + queue_length / backlog_drain_s`` (step 4's floor
+   on the short window), ``C`` the capacity the decisions provisioned and ``s`` the
+   model's *measured speed* (below): if ``R_b > burst_ratio × s × C`` (Knative's "panic"
+   threshold is 2 on a target that is itself 70 % of capacity; the presets use 1.0 on
+   the planning capacity), the model gets *burst capacity* ``B = R_b / s`` at once,
+   held ``burst_hold_s`` (default 4 s) from the last window over the threshold;
+   a window over it again renews the hold. A model's plan covers ``max(C, B)`` while
+   its burst is held; once the hold has lapsed the next call returns a plan without it
+   (the burst replicas drain and stop). Burst capacity stays out of step 6's wants: a
+   burst of seconds must not hold replicas for the whole cool-down (on the live
+   cycle of ``coscale bench`` that kept a second replica through most of the cycle).
+   Decisions keep an unexpired burst in their plans. No model reacting and none
+   released → no plan (``None``). Before the first decision a model's ``C`` is what its
+   READY and STARTING replicas' capacity add up to (the executor's initial replicas).
+   The forecast is not updated (a short window's rate is not an interval's
+   observation).
+
+   **Measured speed** ``s``: the READY replicas that have served (``rate`` and
+   ``latency_s`` > 0) ran batches of about ``b = rate × latency_s`` items in
+   ``latency_s`` seconds, where the profile predicts ``L(b)`` at the policy's typical
+   ``seq_len``; ``s = Σ L(b) / Σ latency_s`` over them (clamped to [0.05, 20]; 1 when
+   none has served). The profile was measured on an idle core at one length; a live
+   machine shares its cores and serves the trace's lengths — on the bench's live
+   cycle ``s`` ≈ 0.6, so the profile's planning capacity overstated what a replica
+   serves 1.7× and no reaction ever fired.
 10. **Edge cases**: cold start (no history, zero replicas): the first observation is the
    forecast, with the cold margin. No traffic: ``C`` decays by the hysteresis to 0, and
    ``min_replicas`` remain (no spare). A missing model with no history: ``C = 0``.
@@ -103,18 +119,28 @@ from coscale.policies.allocation.forecast import ForecastConfig, Forecaster, For
 from coscale.policies.base import AllocationContext
 from coscale.types import ModelView, Plan, ReplicaState, ReplicaTarget, ReplicaView, Snapshot
 
+#: Bounds of the measured speed ``s`` (step 9): a wild measurement must not place 20× the
+#: capacity, nor none.
+MIN_SPEED, MAX_SPEED = 0.05, 20.0
+
 
 @dataclass(frozen=True, slots=True)
 class PredictiveModel:
     """Per model: the forecast, recent wants (time, rps), the provisioned capacity, the
-    open horizon forecasts (window end, forecast peak, largest rate seen) and the last
-    horizon errors (step 3)."""
+    open horizon forecasts (window end, forecast peak, largest rate seen), the last
+    horizon errors (step 3) and the burst capacity with the end of its hold (step 9)."""
 
     forecast: ForecastState | None = None
     wants: tuple[tuple[float, float], ...] = ()
     capacity_rps: float = 0.0
     open: tuple[tuple[float, float, float], ...] = ()
     horizon_errors: tuple[float, ...] = ()
+    burst_rps: float = 0.0
+    burst_until: float = -math.inf
+
+    def burst_at(self, now: float) -> float:
+        """The burst capacity (step 9) still held at ``now``, else 0."""
+        return self.burst_rps if now < self.burst_until else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +189,8 @@ class PredictivePolicy:
         spare_replicas: int = 0,
         burst_ratio: float | None = None,
         burst_window_s: float = 2.0,
+        burst_hold_s: float = 4.0,
+        burst_max_startup_s: float = 10.0,
         use_spot: bool = True,
         seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
         budget_fraction: float = LATENCY_BUDGET_FRACTION,
@@ -192,7 +220,15 @@ class PredictivePolicy:
             f"got {burst_ratio} and {burst_window_s}",
             "use e.g. burst_ratio 1.5 and burst_window_s 2",
         )
+        require(
+            burst_hold_s >= 0 and burst_max_startup_s >= 0,
+            f"need burst_hold_s >= 0 and burst_max_startup_s >= 0, got {burst_hold_s} and "
+            f"{burst_max_startup_s}",
+            "use e.g. burst_hold_s 4 and burst_max_startup_s 10",
+        )
         self.burst_ratio = burst_ratio
+        self.burst_hold_s = burst_hold_s
+        self.burst_max_startup_s = burst_max_startup_s
         #: Seconds between :meth:`react` calls (None: the executor does not call it).
         self.react_interval_s = burst_window_s if burst_ratio is not None else None
         self.context = context
@@ -221,6 +257,10 @@ class PredictivePolicy:
             context, allow_spot=use_spot, seq_len=seq_len, budget_fraction=budget_fraction
         )
         self._on_demand = {m: o.on_demand() for m, o in self._options.items()}
+        self.seq_len = seq_len
+        self._tables = {
+            (o.model, o.variant, o.node.name): o.latency for m in context.models for o in m.options
+        }
         self._ledger = PoolLedger.template(context.pools, context.spot_share)
 
     def decide(
@@ -242,65 +282,104 @@ class PredictivePolicy:
             horizon = self._options[m.model].startup_s + self.context.interval_s
             opened = (*opened, (now + horizon, need.peak, 0.0))
             wants, cap = self._hysteresis(prev, now, need.want, self._options[m.model])
-            placed, note = self._place(m.model, cap, ledger, replicas.get(m.model, []))
+            burst = prev.burst_at(now)
+            placed, note = self._place(m.model, max(cap, burst), ledger, replicas.get(m.model, []))
             targets.extend(placed)
+            held = f", burst {burst:.1f} rps held" if burst > cap else ""
             notes.append(
                 f"{m.model}: forecast {need.peak:.1f} rps +{need.margin:.0%}, "
-                f"floor {need.floor:.1f} → {cap:.1f} rps{note}"
+                f"floor {need.floor:.1f} → {cap:.1f} rps{held}{note}"
             )
-            models.append((m.model, PredictiveModel(fstate, wants, cap, opened, herrors)))
+            models.append(
+                (
+                    m.model,
+                    PredictiveModel(
+                        fstate, wants, cap, opened, herrors, prev.burst_rps, prev.burst_until
+                    ),
+                )
+            )
         return plan(now, targets, notes), PredictiveState(tuple(models))
 
     def react(
         self, snapshot: Snapshot, state: PredictiveState | None
     ) -> tuple[Plan | None, PredictiveState | None]:
-        """Step 9: a plan with more capacity for the models whose short-window demand
-        exceeds ``burst_ratio`` × their provisioned capacity, else None (state
-        unchanged). A model the state does not know yet (before the first decision)
-        counts as provisioned with its READY and STARTING replicas' ``capacity_rps``.
-        Reactions off → None. O(N + M × P)."""
+        """Step 9: a plan with burst capacity for the models whose short-window demand
+        exceeds ``burst_ratio`` × their measured provisioned capacity, or without the
+        burst capacity whose hold has lapsed; else None (state unchanged). A model the
+        state does not know yet (before the first decision) counts as provisioned with
+        its READY and STARTING replicas' capacity. Reactions off → None. O(N + M × P)."""
         if self.burst_ratio is None:
             return None, state
         now = snapshot.time
         views = {v.name: v for v in snapshot.models}
         replicas = group_by_model(snapshot.replicas)
-        base: dict[str, PredictiveModel] = {}
-        raised: dict[str, float] = {}
+        models: list[tuple[str, PredictiveModel]] = []
+        notes = ["predictive: burst"]
+        changed = False
         for m in self.context.models:
+            mine = replicas.get(m.model, [])
             prev = state.get(m.model) if state is not None else None
             if prev is None:
-                held = sum(
-                    r.capacity_rps
-                    for r in replicas.get(m.model, [])
-                    if r.state in (ReplicaState.READY, ReplicaState.STARTING)
-                )
-                prev = PredictiveModel(capacity_rps=held)
-            base[m.model] = prev
-            view = views.get(m.model)
-            if view is None:
-                continue
-            floor = max(0.0, view.arrival_rate) + view.queue_length / self.backlog_drain_s
-            if floor > self.burst_ratio * max(prev.capacity_rps, EPS):
-                raised[m.model] = floor
-        if not raised:
+                prev = PredictiveModel(capacity_rps=self._running_capacity(m.model, mine))
+            now_held = prev.burst_at(now)
+            if prev.burst_rps > 0 and now_held == 0.0:
+                prev = replace(prev, burst_rps=0.0, burst_until=-math.inf)
+                notes.append(f"{m.model}: burst over")
+                changed = True
+            floor, speed = self._burst_floor(m.model, views.get(m.model), mine)
+            if floor > self.burst_ratio * speed * max(prev.capacity_rps, EPS):
+                want = max(floor / speed, now_held)
+                prev = replace(prev, burst_rps=want, burst_until=now + self.burst_hold_s)
+                notes.append(f"{m.model}: burst {floor:.1f} rps at speed {speed:.2f}")
+                changed = True
+            models.append((m.model, prev))
+        if not changed:
             return None, state
         ledger = self._ledger.copy()
         targets: list[ReplicaTarget] = []
-        notes = ["predictive: burst"]
-        models: list[tuple[str, PredictiveModel]] = []
-        for m in self.context.models:
-            prev = base[m.model]
-            if m.model in raised:
-                want = raised[m.model]
-                prev = replace(prev, wants=(*prev.wants, (now, want)), capacity_rps=want)
-            placed, note = self._place(
-                m.model, prev.capacity_rps, ledger, replicas.get(m.model, [])
-            )
+        for name, mstate in models:
+            capacity = max(mstate.capacity_rps, mstate.burst_at(now))
+            placed, note = self._place(name, capacity, ledger, replicas.get(name, []))
             targets.extend(placed)
-            if m.model in raised:
-                notes.append(f"{m.model}: burst {raised[m.model]:.1f} rps{note}")
-            models.append((m.model, prev))
+            notes.append(f"{name}: {capacity:.1f} rps{note}")
         return plan(now, targets, notes), PredictiveState(tuple(models))
+
+    def _running_capacity(self, model: str, replicas: list[ReplicaView]) -> float:
+        """The READY and STARTING replicas' capacity (step 9, before the first decision)."""
+        return sum(
+            r.capacity_rps
+            for r in replicas
+            if r.state in (ReplicaState.READY, ReplicaState.STARTING)
+        )
+
+    def _burst_floor(
+        self, model: str, view: ModelView | None, replicas: list[ReplicaView]
+    ) -> tuple[float, float]:
+        """(R_b, s) of step 9: the short window's demand floor (0 for a missing model or
+        one whose options start slower than ``burst_max_startup_s``) and the model's
+        measured speed."""
+        if view is None or self._options[model].startup_s > self.burst_max_startup_s:
+            return 0.0, 1.0
+        floor = max(0.0, view.arrival_rate) + view.queue_length / self.backlog_drain_s
+        return floor, self.measured_speed(model, replicas)
+
+    def measured_speed(self, model: str, replicas: list[ReplicaView]) -> float:
+        """``s`` of step 9: Σ profiled latency at each served replica's mean batch / Σ its
+        measured latency, over READY replicas with a measured rate and latency and a
+        table; clamped to [0.05, 20]; 1 when there are none. O(R log T)."""
+        predicted = measured = 0.0
+        for r in replicas:
+            table = self._tables.get((model, r.variant, r.node_type))
+            if r.state is not ReplicaState.READY or table is None:
+                continue
+            if r.rate <= 0 or r.latency_s <= 0:
+                continue
+            items = max(1, round(r.rate * r.latency_s))
+            predicted += table.latency(items, self.seq_len)
+            measured += r.latency_s
+        if measured <= 0:
+            return 1.0
+        return min(max(predicted / measured, MIN_SPEED), MAX_SPEED)
 
     # ----------------------------------------------------------------- steps
 

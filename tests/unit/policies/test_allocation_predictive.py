@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -373,40 +374,76 @@ def test_react_is_off_without_burst_ratio() -> None:
     assert p.react(snap(T0, 100.0), state) == (None, state)
 
 
+#: A node whose replicas start within the reaction's bound (burst_max_startup_s, 10 s).
+FAST = context(((node(startup=1.0), 1000),))
+
+
 def test_react_raises_capacity_at_once_and_only_above_the_ratio() -> None:
-    p = PredictivePolicy(context(), burst_ratio=1.5, burst_window_s=2.0)
+    p = PredictivePolicy(FAST, burst_ratio=1.5, burst_window_s=2.0)
     assert p.react_interval_s == 2.0
     state = with_capacity(10.0, ((T0 - 5, 8.0),))
     # 14 req/s + 0 queued ≤ 1.5 × 10: nothing, the state untouched
     plan, same = p.react(snap(T0, 14.0, replicas=(ready(0),)), state)
     assert plan is None and same is state
-    # 12 req/s + 60 queued / 15 s = 16 > 15: capacity 16 now (2 replicas of 10), the want kept
+    # 12 req/s + 60 queued / 15 s = 16 > 15: burst capacity 16 now (2 replicas of 10),
+    # held 4 s; the decided capacity and the wants are the decisions' own
     plan, new = p.react(snap(T0, 12.0, queue=60, replicas=(ready(0),)), state)
     assert plan is not None and plan.count("m") == 2
     assert new is not None
     m = new.get("m")
-    assert m is not None and m.capacity_rps == pytest.approx(16.0)
-    assert m.wants[-1] == (T0, pytest.approx(16.0)) and m.forecast is None
+    assert m is not None and m.capacity_rps == 10.0 and m.wants == ((T0 - 5, 8.0),)
+    assert m.burst_rps == pytest.approx(16.0) and m.burst_until == T0 + 4.0
+    assert m.forecast is None
 
 
 def test_react_before_the_first_decision_counts_the_replicas_running() -> None:
-    p = PredictivePolicy(context(), burst_ratio=1.5)
+    p = PredictivePolicy(FAST, burst_ratio=1.5)
     # two READY replicas of 10 req/s: 25 req/s is below 1.5 × 20 — no plan (and no state)
     assert p.react(snap(T0, 25.0, replicas=(ready(0), ready(1))), None) == (None, None)
     plan, new = p.react(snap(T0, 45.0, replicas=(ready(0), ready(1))), None)
     assert plan is not None and plan.count("m") == 5 and new is not None
 
 
-def test_capacity_a_reaction_added_is_held_through_the_cooldown() -> None:
-    p = PredictivePolicy(context(), burst_ratio=1.5, cooldown_intervals=2.0)
+def test_burst_capacity_is_held_briefly_renewed_and_kept_out_of_the_cooldown() -> None:
+    p = PredictivePolicy(FAST, burst_ratio=1.5, burst_hold_s=4.0, cooldown_intervals=2.0)
     _, state = p.react(snap(T0, 40.0, replicas=(ready(0),)), with_capacity(10.0))
     assert state is not None
-    # the next decision sees a quiet interval (5 req/s): the burst's 40 is still held
-    count, m = decide(p, snap(T0 + 10.0, 5.0), state)
-    assert count == 4 and m.capacity_rps == pytest.approx(40.0)
-    # once the cool-down (30 s) has passed without bursts, it decays (20 % per decision)
-    _, m2 = decide(p, snap(T0 + 40.0, 5.0), PredictiveState((("m", m),)))
-    assert m2.capacity_rps < 40.0
+    # a quiet window 2 s later: the hold (until T0 + 4) stands, nothing to do
+    assert p.react(snap(T0 + 2.0, 5.0, replicas=(ready(0),)), state) == (None, state)
+    # a decision inside the hold keeps the burst's 4 replicas, but not in its wants
+    count, m = decide(p, snap(T0 + 3.0, 5.0), state)
+    assert count == 4 and m.capacity_rps < 40.0 and max(w for _, w in m.wants) < 40.0
+    # the hold lapses: the next reaction releases the burst (the decided capacity only)
+    plan, after = p.react(snap(T0 + 4.0, 5.0), PredictiveState((("m", m),)))
+    assert plan is not None and plan.count("m") == 1 and plan.reason.count("burst over")
+    assert after is not None and after.get("m").burst_at(T0 + 4.0) == 0.0  # type: ignore[union-attr]
+    # a window over the threshold renews the hold from its own time
+    _, s1 = p.react(snap(T0, 40.0, replicas=(ready(0),)), with_capacity(10.0))
+    _, s2 = p.react(snap(T0 + 3.0, 40.0, replicas=(ready(0),)), s1)
+    assert s2 is not None and s2.get("m").burst_until == T0 + 7.0  # type: ignore[union-attr]
+
+
+def test_only_models_that_start_within_the_bound_react() -> None:
+    # the default node starts in 60 s: a burst is over before its replicas serve
+    slow = PredictivePolicy(context(), burst_ratio=1.5)
+    state = with_capacity(10.0)
+    assert slow.react(snap(T0, 400.0, replicas=(ready(0),)), state) == (None, state)
+    bounded = PredictivePolicy(context(), burst_ratio=1.5, burst_max_startup_s=60.0)
+    plan, _ = bounded.react(snap(T0, 400.0, replicas=(ready(0),)), state)
+    assert plan is not None and plan.count("m") == 40
+
+
+def test_react_judges_demand_against_the_replicas_measured_speed() -> None:
+    p = PredictivePolicy(FAST, burst_ratio=1.5)
+    # the profile: 2 items in 0.2 s; this replica runs its 2-item batches in 0.4 s
+    slow = dataclasses.replace(ready(0), rate=5.0, latency_s=0.4)
+    assert p.measured_speed("m", [slow]) == pytest.approx(0.5)
+    assert p.measured_speed("m", [ready(0)]) == 1.0  # nothing served yet: the profile
+    # 8 req/s ≤ 1.5 × 10 by the profile, but > 1.5 × 0.5 × 10 as measured
+    assert p.react(snap(T0, 8.0, replicas=(ready(0),)), with_capacity(10.0))[0] is None
+    plan, new = p.react(snap(T0, 8.0, replicas=(slow,)), with_capacity(10.0))
+    assert plan is not None and plan.count("m") == 2  # 8 / 0.5 = 16 profile req/s
+    assert new is not None and new.get("m").burst_rps == pytest.approx(16.0)  # type: ignore[union-attr]
 
 
 def test_react_validates_its_parameters() -> None:
@@ -416,3 +453,5 @@ def test_react_validates_its_parameters() -> None:
         PredictivePolicy(context(), burst_ratio=0.5)
     with pytest.raises(CoscaleError, match="burst_window_s"):
         PredictivePolicy(context(), burst_ratio=1.5, burst_window_s=0.0)
+    with pytest.raises(CoscaleError, match="burst_hold_s"):
+        PredictivePolicy(context(), burst_ratio=1.5, burst_hold_s=-1.0)
