@@ -62,14 +62,15 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
    each such model, with ``R_b = y_b + queue_length / backlog_drain_s`` (step 4's floor
    on the short window), ``C`` the capacity the decisions provisioned and ``s`` the
    model's *measured speed* (below): if ``R_b > burst_ratio × s × C`` (Knative's "panic"
-   threshold is 2 on a target that is itself 70 % of capacity; the presets use 1.0 on
-   the planning capacity), the model gets *burst capacity* ``B = R_b / s`` at once,
+   threshold is 2 on a target that is itself 70 % of capacity; 1.0 here compares with
+   the planning capacity, which has its own headroom; off in the presets, see
+   :mod:`~coscale.policies.presets`), the model gets *burst capacity* ``B = R_b / s`` at once,
    held ``burst_hold_s`` (default 4 s) from the last window over the threshold;
    a window over it again renews the hold. A model's plan covers ``max(C, B)`` while
    its burst is held; once the hold has lapsed the next call returns a plan without it
    (the burst replicas drain and stop). Burst capacity stays out of step 6's wants: a
-   burst of seconds must not hold replicas for the whole cool-down (on the live
-   cycle of ``coscale bench`` that kept a second replica through most of the cycle).
+   burst of seconds must not hold replicas for the whole cool-down (the optimized
+   presets' cool-down is 2 minutes).
    Decisions keep an unexpired burst in their plans. No model reacting and none
    released → no plan (``None``). Before the first decision a model's ``C`` is what its
    READY and STARTING replicas' capacity add up to (the executor's initial replicas).
