@@ -295,7 +295,13 @@ class PredictivePolicy:
                 (
                     m.model,
                     PredictiveModel(
-                        fstate, wants, cap, opened, herrors, prev.burst_rps, prev.burst_until
+                        fstate,
+                        wants,
+                        cap,
+                        opened,
+                        herrors,
+                        burst,  # a lapsed burst is dropped here, not released again
+                        prev.burst_until if burst > 0 else -math.inf,
                     ),
                 )
             )
