@@ -38,11 +38,15 @@ second (:class:`ScheduledKill`), and no other fault. As the live server:
 * the simulator times out a request queued 10 × its SLO and replaces a dead replica at
   once (:mod:`coscale.sim.cluster`).
 
-Calibration, per run, on what that run observed: its replacement's start-up after the
-kill (:func:`replacement_startup_s`, from the run's READY series) replaces the node
-type's; and when the run saved ``server_telemetry`` (:func:`server_telemetry`, two
-``/metrics`` scrapes around the cycle), every latency table is scaled by ``k`` = live
-mean service per batch / the table's mean at the live mean batch size over the
+Calibration, per run, on what that run observed — in the simulated *world* only: the
+policies are built from the profile and the catalog, as the live server built them
+(a twin whose policies knew the calibrated tables sized its static baseline for a
+machine 1.65× slower than the live baseline believed, kept two replicas where live
+kept one, and missed its p50 by 79 %). Its replacement's start-up after the kill
+(:func:`replacement_startup_s`, from the run's READY series) replaces the node type's;
+and when the run saved ``server_telemetry`` (:func:`server_telemetry`, two ``/metrics``
+scrapes around the cycle), every batch takes its table's latency × ``k`` = live mean
+service per batch / the table's mean at the live mean batch size over the
 segment's request lengths; when the run also saved the client's mean time on the wire
 (``wire_mean_ms``), requests reach the simulated server ``c`` = that − the server's mean
 latency later, the HTTP path the simulator does not model (:func:`_calibration`,
@@ -408,30 +412,6 @@ def _after_http_path(prepared: Any, http_s: float) -> Any:
     return dataclasses.replace(prepared, arrivals=shifted)
 
 
-def _calibrated(prepared: Any, k: float, startup_s: float | None) -> Any:
-    """``prepared`` with every latency table × ``k`` and, when given, the node type's
-    start-up replaced by ``startup_s``."""
-    import dataclasses
-
-    from coscale.sim.profiles import MemoLatencyTable
-
-    def scaled(o: Any) -> Any:
-        t = o.latency
-        rows = tuple(tuple(x * k for x in row) for row in t.latency_s)
-        table = MemoLatencyTable(t.batch_sizes, t.seq_lens, rows)
-        node = o.node if startup_s is None else dataclasses.replace(o.node, startup_s=startup_s)
-        return dataclasses.replace(o, latency=table, node=node)
-
-    options = tuple(tuple(scaled(o) for o in opts) for opts in prepared.options)
-    pools = prepared.pools
-    if startup_s is not None:
-        pools = tuple(
-            dataclasses.replace(p, node=dataclasses.replace(p.node, startup_s=startup_s))
-            for p in pools
-        )
-    return dataclasses.replace(prepared, options=options, pools=pools)
-
-
 def client_connections(prepared: Any, slo_s: float, timeout_s: float) -> int:
     """The connections ``coscale load`` opens for this schedule
     (:func:`coscale.load.pool_size`: Little's law on its peak 1-s rate × the SLO × 2,
@@ -513,9 +493,18 @@ def first_plan(policies: Any) -> tuple[Any, ...]:
 
 
 def _run_twin(
-    prepared: Any, preset: str, kill_at_s: float | None, connections: int | None = None
+    prepared: Any,
+    preset: str,
+    kill_at_s: float | None,
+    connections: int | None = None,
+    *,
+    service_scale: float = 1.0,
+    startup_s: float | None = None,
 ) -> Any:
-    """:func:`coscale.sim.run.run_preset` with a :class:`ScheduledKill` fault model."""
+    """:func:`coscale.sim.run.run_preset` with a :class:`ScheduledKill` fault model, in a
+    world ``service_scale`` × slower than the profile with replicas READY after
+    ``startup_s`` (:class:`~coscale.sim.cluster.ClusterSimulator`): the policies are
+    built from ``prepared`` as the live server built them, from the profile."""
     from coscale.sim.build import build_policies
     from coscale.sim.cluster import ClusterSimulator
 
@@ -533,6 +522,8 @@ def _run_twin(
         drain_limit_s=prepared.sim.drain_limit_s,
         sample_interval_s=1.0,
         connections=connections,
+        service_scale=service_scale,
+        startup_s=startup_s,
         preset=preset,
         scenario=prepared.scenario.name,
     )
@@ -593,10 +584,11 @@ def replay_live(
         how["replacement_startup_s"] = startup
         how["connections"] = connections
         calibrated += int(bool(how["calibrated"]))
-        twin = _calibrated(prepared, k, startup)
-        twin = _after_http_path(twin, how.get("http_path_ms", 0.0) / 1000.0)
+        twin = _after_http_path(prepared, how.get("http_path_ms", 0.0) / 1000.0)
         kill = killed["at_s"] if killed else None
-        result = _run_twin(twin, run["preset"], kill, connections)
+        result = _run_twin(
+            twin, run["preset"], kill, connections, service_scale=k, startup_s=startup
+        )
         pairs.append(
             {
                 "preset": run["preset"],

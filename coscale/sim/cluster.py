@@ -468,6 +468,13 @@ class ClusterSimulator:
     ``rng``: the seeded generator for fault draws and closed-loop choices.
     ``audit``: re-decide every route and admission over all replicas and raise
     ``AssertionError`` if the fast path's decision differs (tests; O(R) per request).
+    ``service_scale`` and ``startup_s``: the world where it differs from what the
+    policies know (the fidelity replay of a live run, :mod:`coscale.bench.sim`): every
+    batch takes its table's latency × ``service_scale`` and a started replica is READY
+    after ``startup_s`` (None: its node type's), while the policies, their latency
+    tables and the replicas' profiled ``capacity_rps`` stay the profile's and the
+    catalog's — as on the live server, whose policies know the profile, not the
+    machine's speed that day.
     """
 
     def __init__(
@@ -486,6 +493,8 @@ class ClusterSimulator:
         sample_interval_s: float = SAMPLE_INTERVAL_S,
         timeout_factor: float | None = TIMEOUT_FACTOR,
         connections: int | None = None,
+        service_scale: float = 1.0,
+        startup_s: float | None = None,
         preset: str = "",
         scenario: str = "",
         audit: bool = False,
@@ -500,7 +509,17 @@ class ClusterSimulator:
             f"timeout factor must be > 0 or None, got {timeout_factor}",
             "use 10 (the live data plane's) or None for no timeout",
         )
+        _require(
+            service_scale > 0 and (startup_s is None or startup_s >= 0),
+            f"need service_scale > 0 and startup_s >= 0 or None, got {service_scale} and "
+            f"{startup_s}",
+            "use 1.0 and None (the profile's speed and the catalog's start-up)",
+        )
         self._models = [_Model(i, s) for i, s in enumerate(models)]
+        for m in self._models:
+            for g in m.by_key.values():
+                g.scale = float(service_scale)
+        self._startup_s = startup_s
         if timeout_factor is not None:
             for m in self._models:
                 m.timeout_s = m.slo_s * timeout_factor
@@ -1090,7 +1109,8 @@ class ClusterSimulator:
     def _start_replica(self, m: _Model, group: Group, spot: bool, *, ready_now: bool) -> None:
         now = self._now()
         node = group.node
-        ready_at = now if ready_now else now + node.startup_s
+        startup = node.startup_s if self._startup_s is None else self._startup_s
+        ready_at = now if ready_now else now + startup
         r = SimReplica(len(self._replicas), group, spot, now, ready_at)
         self._replicas.append(r)
         self._alive[r.id] = r

@@ -223,6 +223,7 @@ class Group:
         "node",
         "option",
         "out_ready",
+        "scale",
         "speed_s",
         "table",
         "variant",
@@ -240,10 +241,14 @@ class Group:
         self.idle: list[tuple[str, int, SimReplica]] = []
         self.busy: list[tuple[float, int, str, int, SimReplica]] = []
         self.out_ready = 0
+        #: The world's speed against the table the policies know (``ClusterSimulator``'s
+        #: ``service_scale``; 1: the table is the truth).
+        self.scale = 1.0
 
     def service_s(self, batch: Batch) -> float:
-        """Seconds this group's replicas take to run ``batch`` (padded to its longest item)."""
-        return self.table.latency(batch.items, batch.seq_len)
+        """Seconds this group's replicas take to run ``batch`` (padded to its longest
+        item): its table's latency × ``scale``."""
+        return self.table.latency(batch.items, batch.seq_len) * self.scale
 
     def index(self, r: SimReplica) -> None:
         """(Re)index ``r`` after a change (its version was bumped by the caller)."""

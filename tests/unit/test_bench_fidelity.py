@@ -12,7 +12,6 @@ import pytest
 from coscale.bench.settings import from_overrides
 from coscale.bench.sim import (
     _after_http_path,
-    _calibrated,
     _calibration,
     _run_twin,
     first_plan,
@@ -115,10 +114,6 @@ def test_calibration_scales_the_profile_to_the_observed_service() -> None:
     k, how = _calibration(prepared, run, option.variant)
     assert k == pytest.approx(3.0)
     assert how["calibrated"] and how["service_scale"] == pytest.approx(3.0)
-    twin = _calibrated(prepared, k, 7.0)
-    scaled = twin.options[0][0]
-    assert scaled.latency.latency(4, 0) == pytest.approx(3.0 * predicted)
-    assert scaled.node.startup_s == 7.0 and twin.pools[0].node.startup_s == 7.0
     # nothing observed: the profile as measured
     assert _calibration(prepared, {}, option.variant) == (1.0, {"calibrated": False})
 
@@ -161,6 +156,20 @@ def test_requests_reach_the_twin_the_http_path_later() -> None:
     now = twin_figures(_run_twin(prepared, "baseline", None), sent)
     then = twin_figures(_run_twin(later, "baseline", None), sent)
     assert then["p50_ms"] == pytest.approx(now["p50_ms"] + 250.0, abs=1.0)
+
+
+def test_the_twin_world_is_slower_while_its_policies_know_the_profile() -> None:
+    prepared = _prepared()
+    base = _run_twin(prepared, "baseline", None)
+    slow = _run_twin(prepared, "baseline", None, service_scale=3.0, startup_s=7.0)
+    done = base.requests.outcome == slow.requests.outcome
+    service = (slow.requests.finish - slow.requests.service_start)[done]
+    alone = (base.requests.finish - base.requests.service_start)[done]
+    both = np.isfinite(service) & np.isfinite(alone) & (base.requests.batch_size[done] == 1)
+    both &= slow.requests.batch_size[done] == 1
+    assert both.any() and np.allclose(service[both], 3.0 * alone[both])
+    # the policies are the profile's: the same static plan, the same initial replicas
+    assert slow.summary.extra["replicas_started"] == base.summary.extra["replicas_started"]
 
 
 def test_a_preset_without_initial_replicas_starts_with_its_first_plan_like_the_server() -> None:
