@@ -65,6 +65,7 @@ import numpy as np
 
 from coscale.bench.settings import CLUSTER_POOLS, BenchSettings
 from coscale.config import Scenario, scenario_from_dict
+from coscale.types import LatencyTable
 
 __all__ = [
     "CLOSED_LOOP_CAP_RPS",
@@ -372,7 +373,7 @@ def _calibration(
     }
 
 
-def mean_table_latency(table: Any, mean_items: float, seq_lens: Any) -> float:
+def mean_table_latency(table: LatencyTable, mean_items: float, seq_lens: Any) -> float:
     """``table``'s latency at a fractional batch size ``mean_items`` (linear between the
     two integer sizes around it, at least one item), averaged over ``seq_lens`` (each
     request's length; empty: length 0). O(U log B) for U distinct lengths."""

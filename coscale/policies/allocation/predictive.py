@@ -118,6 +118,7 @@ from coscale.policies.allocation.capacity import (
 )
 from coscale.policies.allocation.forecast import ForecastConfig, Forecaster, ForecastState
 from coscale.policies.base import AllocationContext
+from coscale.policies.variant import latency_map
 from coscale.types import ModelView, Plan, ReplicaState, ReplicaTarget, ReplicaView, Snapshot
 
 #: Bounds of the measured speed ``s`` (step 9): a wild measurement must not place 20× the
@@ -259,9 +260,7 @@ class PredictivePolicy:
         )
         self._on_demand = {m: o.on_demand() for m, o in self._options.items()}
         self.seq_len = seq_len
-        self._tables = {
-            (o.model, o.variant, o.node.name): o.latency for m in context.models for o in m.options
-        }
+        self._tables = {m.model: latency_map(m.options) for m in context.models}
         self._ledger = PoolLedger.template(context.pools, context.spot_share)
 
     def decide(
@@ -376,7 +375,7 @@ class PredictivePolicy:
         table; clamped to [0.05, 20]; 1 when there are none. O(R log T)."""
         predicted = measured = 0.0
         for r in replicas:
-            table = self._tables.get((model, r.variant, r.node_type))
+            table = self._tables[model].get((r.variant, r.node_type))
             if r.state is not ReplicaState.READY or table is None:
                 continue
             if r.rate <= 0 or r.latency_s <= 0:
