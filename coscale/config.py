@@ -233,7 +233,7 @@ def _check_node_type(name: str) -> str:
 
 VariantName = Annotated[str, AfterValidator(_check_variant)]
 NodeTypeName = Annotated[str, AfterValidator(_check_node_type)]
-ParamValue = float | int | str | bool
+ParamValue = float | int | str | bool | None
 
 
 class _Strict(BaseModel):
@@ -457,7 +457,8 @@ class PolicyRef(_Strict):
     name: str = Field(description="Policy name from the registry for this kind.")
     params: dict[str, ParamValue] = Field(
         default_factory=dict,
-        description="Parameter overrides: numbers, strings or booleans by parameter name.",
+        description="Parameter overrides by parameter name: numbers, strings, booleans, or "
+        "null where a parameter takes it (e.g. predictive's burst_ratio: null, no reactions).",
     )
 
     @field_validator("params", mode="before")
@@ -465,11 +466,11 @@ class PolicyRef(_Strict):
     def _scalar_params(cls, value: Any) -> Any:
         if isinstance(value, Mapping):
             for key, item in value.items():
-                if not isinstance(item, bool | int | float | str):
+                if item is not None and not isinstance(item, bool | int | float | str):
                     raise _problem(
                         "bad_param",
                         f"parameter {key!r} is a {type(item).__name__}",
-                        "a number, a string or a boolean",
+                        "a number, a string, a boolean or null",
                         (str(key),),
                     )
         return value

@@ -137,6 +137,11 @@ class ModelView:
     (a tenant's rate limit or quota) since the previous admission decision — demand
     that admission did not see; at most :data:`MAX_FEEDBACK`. Empty outside admission
     snapshots.
+    ``pressure``: requests of this model in the window that showed it needs capacity
+    now — refused by admission, or admitted with a predicted finish beyond the
+    allocation policy's ``pressure_fraction`` of their budget
+    (:func:`~coscale.policies.admission.is_pressure`); set in the short windows of burst
+    reactions, 0 elsewhere.
     """
 
     name: str
@@ -148,6 +153,7 @@ class ModelView:
     tenant_queues: tuple[tuple[str, int, float], ...] = ()
     promises: tuple[tuple[str, float, float], ...] = ()
     refused: tuple[tuple[str, int], ...] = ()
+    pressure: int = 0
 
 
 @dataclass(frozen=True, slots=True)

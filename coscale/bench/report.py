@@ -643,6 +643,8 @@ def _calibration_text(how: Mapping[str, Any] | None) -> str:
         parts.append("profile as measured")
     if how.get("replacement_startup_s") is not None:
         parts.append(f"replacement start-up {_fmt(how['replacement_startup_s'], '.1f')} s")
+    elif how.get("scale_up_startup_s") is not None:
+        parts.append(f"scale-up start-up {_fmt(how['scale_up_startup_s'], '.1f')} s")
     if how.get("connections") is not None:
         parts.append(f"{how['connections']} client connections")
     return "; ".join(parts)

@@ -43,7 +43,10 @@ policies are built from the profile and the catalog, as the live server built th
 (a twin whose policies knew the calibrated tables sized its static baseline for a
 machine 1.65× slower than the live baseline believed, kept two replicas where live
 kept one, and missed its p50 by 79 %). Its replacement's start-up after the kill
-(:func:`replacement_startup_s`, from the run's READY series) replaces the node type's;
+(:func:`replacement_startup_s`, from the run's READY series) replaces the node type's,
+or where the kill's replacement was too quick to be seen, the start-up of the run's
+scale-ups (:func:`scale_up_startup_s`: a burst replica from the warm standby serves
+within a sample, against the catalog's 5 s for a cold worker);
 and when the run saved ``server_telemetry`` (:func:`server_telemetry`, two ``/metrics``
 scrapes around the cycle), every batch takes its table's latency × ``k`` = live mean
 service per batch / the table's mean at the live mean batch size over the
@@ -78,6 +81,7 @@ __all__ = [
     "replay_live",
     "run_cluster",
     "run_scal_sim",
+    "scale_up_startup_s",
     "server_telemetry",
     "thin_series",
     "twin_figures",
@@ -335,6 +339,28 @@ def replacement_startup_s(run: Mapping[str, Any]) -> float | None:
     return None
 
 
+def scale_up_startup_s(run: Mapping[str, Any]) -> float | None:
+    """The median start-up of the run's scale-ups, read from its time series: for each
+    sample ``i`` whose replica count (READY or STARTING) rose, the seconds until the
+    first sample ``j ≥ i`` whose READY count reaches it (0 when the same sample shows it
+    READY: faster than the sampling). None without a series or a scale-up that became
+    READY within it."""
+    series = run.get("series") or {}
+    times = series.get("time_s") or []
+    total, ready = series.get("replicas") or [], series.get("replicas_ready") or []
+    if len(times) < 2 or len(total) != len(times) or len(ready) != len(times):
+        return None
+    seen: list[float] = []
+    for i in range(1, len(times)):
+        if total[i] <= total[i - 1]:
+            continue
+        for j in range(i, len(times)):
+            if ready[j] >= total[i]:
+                seen.append(float(times[j] - times[i]))
+                break
+    return float(np.median(seen)) if seen else None
+
+
 def _calibration(
     prepared: Any, run: Mapping[str, Any], variant: str
 ) -> tuple[float, dict[str, Any]]:
@@ -565,7 +591,8 @@ def replay_live(
 
     Per run, the simulator is *calibrated* on what that live run itself observed
     (:func:`_calibration`: the server's mean service time per batch against the profile;
-    :func:`replacement_startup_s`: the replacement's start-up after the kill); without
+    :func:`replacement_startup_s`: the replacement's start-up after the kill, else
+    :func:`scale_up_startup_s`: the scale-ups'); without
     those observations the profile and the catalog's start-up stand, and the note says
     so. The client's connection pool is replayed too (:func:`client_connections`)."""
     from coscale.sim.run import SimOptions, prepare
@@ -583,6 +610,8 @@ def replay_live(
         k, how = _calibration(prepared, run, str(used[0]))
         startup = replacement_startup_s(run)
         how["replacement_startup_s"] = startup
+        if startup is None:
+            startup = how["scale_up_startup_s"] = scale_up_startup_s(run)
         how["connections"] = connections
         calibrated += int(bool(how["calibrated"]))
         twin = _after_http_path(prepared, how.get("http_path_ms", 0.0) / 1000.0)

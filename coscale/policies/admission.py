@@ -32,6 +32,54 @@ NO_CAPACITY_RETRY_S = 1.0
 
 ADMIT = AdmissionDecision(True)
 
+#: Executors show admission a replica's measured cycle rate instead of its profiled
+#: capacity only when its recent batches (EWMA of items) fill at least this share of the
+#: batch limit (:func:`admission_capacity`).
+MEASURED_RATE_MIN_FILL = 0.5
+#: EWMA weight of the cycle-rate measure (about the last 50 batches).
+CYCLE_ALPHA = 0.02
+
+
+def admission_capacity(
+    profiled: float, cycle_rate: float, items_ewma: float, batch_limit: int
+) -> float:
+    """The capacity (items/s) an executor shows admission for a replica: its measured
+    *cycle rate* (EWMA of items per batch / EWMA of seconds per batch cycle, the cycle
+    running from ``max(previous batch's end, the batch's assignment)`` to its end) when
+    that is above 0 and below ``profiled`` and the replica's recent batches filled at
+    least :data:`MEASURED_RATE_MIN_FILL` of ``batch_limit`` (EWMA of items); else
+    ``profiled``. Small batches say nothing about capacity (a batch's fixed cost
+    dominates them), so the profile stands then; a replica that runs full batches slower
+    than profiled (a busy machine) must not make admission promise deadlines it cannot
+    keep. O(1)."""
+    full = items_ewma >= MEASURED_RATE_MIN_FILL * max(1, batch_limit)
+    if full and 0.0 < cycle_rate < profiled:
+        return cycle_rate
+    return profiled
+
+
+#: The default share of a request's budget (``deadline − arrival``) past which an
+#: admitted request's predicted finish says that its model needs more capacity now
+#: (:func:`is_pressure`; the predictive policy's ``pressure_fraction``).
+DEFAULT_PRESSURE_FRACTION = 0.15
+
+
+def is_pressure(
+    decision: AdmissionDecision, request: Request, fraction: float = DEFAULT_PRESSURE_FRACTION
+) -> bool:
+    """Whether admission's ``decision`` on ``request`` shows that the model needs more
+    capacity now: the request was refused, or admitted with a predicted finish
+    (``promised_by``) later than ``arrival + fraction × (deadline − arrival)``.
+    A decision without a prediction (:class:`AdmitAll`, a free replica) is no pressure.
+    Both executors count these per model for the allocation policy's burst reactions
+    (``ModelView.pressure``), with the policy's ``pressure_fraction``. O(1)."""
+    if not decision.admit:
+        return True
+    if decision.promised_by is None:
+        return False
+    budget = request.deadline - request.arrival
+    return decision.promised_by > request.arrival + fraction * budget
+
 
 @dataclass(frozen=True, kw_only=True)
 class AdmitAll:

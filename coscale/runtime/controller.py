@@ -48,6 +48,16 @@ applies the plan it returns, if any (:meth:`Controller.react`): one that adds bu
 capacity, or one that releases it once its hold has lapsed. The policy's state is the
 one its decisions carry, so decisions keep a burst's capacity while it is held.
 
+A 2-s window sees a burst a second or two late. So the controller also reacts on
+*pressure*: each time admission's decision shows that a model needs capacity now (a
+refusal, or a predicted finish beyond the policy's ``pressure_fraction`` of the
+request's budget, :func:`~coscale.policies.admission.is_pressure`), the data plane
+calls :meth:`Controller.pressure`, which runs a reaction at once — at most one every
+``pressure_gap_s`` of the policy (the predictive policy's default 0.25 s; None: no
+reactions on pressure); pressure within the gap is answered by one reaction at its
+end. Such a reaction's window is the time since the previous one, and its snapshot
+counts the window's pressure (``ModelView.pressure``).
+
 Failures
 --------
 A replica that dies (``ReplicaDied``) or fails its health check is replaced at once
@@ -72,6 +82,7 @@ import numpy as np
 
 from coscale.clock import Clock, Timer
 from coscale.errors import CoscaleError
+from coscale.policies.admission import DEFAULT_PRESSURE_FRACTION
 from coscale.policies.base import AllocationPolicy
 from coscale.runtime.dataplane import DataPlane, LiveReplica
 from coscale.telemetry.records import ReplicaSample, TelemetryWindow
@@ -385,8 +396,17 @@ class Controller:
         self.health_failures = 0
         self.errors = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_react = -float("inf")
+        self._pressure_timer: Timer | None = None
         plane.on_replica_lost = self.replica_lost
         plane.on_replica_ready = self.replica_ready
+        gap = getattr(allocation, "pressure_gap_s", None)
+        self.pressure_gap_s = float(gap) if gap is not None else None
+        if self.react_interval_s is not None and self.pressure_gap_s is not None:
+            plane.on_pressure = self.pressure
+            plane.pressure_fraction = float(
+                getattr(allocation, "pressure_fraction", DEFAULT_PRESSURE_FRACTION)
+            )
 
     # -- the decision step ---------------------------------------------------------------
 
@@ -408,7 +428,8 @@ class Controller:
     def react(self) -> Plan | None:
         """One reaction step (module docstring): the short window's snapshot, the policy's
         ``react``, and the plan applied if it returned one."""
-        snapshot = self.plane.burst_snapshot(self.clock.now())
+        self._last_react = self.clock.now()
+        snapshot = self.plane.burst_snapshot(self._last_react)
         plan, self.state = self.allocation.react(snapshot, self.state)  # type: ignore[attr-defined]
         if plan is None:
             return None
@@ -416,6 +437,23 @@ class Controller:
         self.plans.append(plan)
         self.apply(plan)
         return plan
+
+    def pressure(self, model: str) -> None:
+        """Admission showed that ``model`` needs capacity now (module docstring,
+        "Reactions to bursts"): react at once, or ``pressure_gap_s`` after the last
+        reaction; one reaction answers all the pressure until it runs."""
+        if self._pressure_timer is not None or self.pressure_gap_s is None:
+            return
+        when = max(self.clock.now(), self._last_react + self.pressure_gap_s)
+        self._pressure_timer = self.plane.call_at(when, self._react_on_pressure)
+
+    def _react_on_pressure(self) -> None:
+        self._pressure_timer = None
+        try:
+            self.react()
+        except CoscaleError:
+            self.errors += 1
+            log.exception("controller: the burst plan could not be applied")
 
     def snapshot(self, now: float) -> Snapshot:
         """Close the current interval and build its snapshot."""
@@ -573,7 +611,12 @@ class Controller:
         return failed
 
     async def stop(self) -> None:
-        """Cancel the loops."""
+        """Cancel the loops (and a reaction that pressure scheduled)."""
+        self.plane.on_pressure = None
+        self.plane.pressure_fraction = None
+        if self._pressure_timer is not None:
+            self._pressure_timer.cancel()
+            self._pressure_timer = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

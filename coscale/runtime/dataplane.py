@@ -51,7 +51,12 @@ One request (:meth:`DataPlane.submit`)
    decisions. An admitted request with ``decision.priority`` is queued ahead of those
    without (a tenant within its reserved share).
    Rejected → :class:`~coscale.runtime.contract.Overloaded` (429) with
-   ``retry_after_s = max(decision.retry_after_s, MIN_RETRY_AFTER_S)``.
+   ``retry_after_s = max(decision.retry_after_s, MIN_RETRY_AFTER_S)``. A decision that
+   shows *pressure* (refused, or admitted with a predicted finish beyond the allocation
+   policy's ``pressure_fraction`` of the budget:
+   :func:`~coscale.policies.admission.is_pressure`) is counted for the next
+   burst window (``ModelView.pressure``) and reported to ``on_pressure`` (the controller
+   reacts at once).
 5. **Queue and batch**: the model's :class:`~coscale.runtime.batcher.Batcher` (FIFO, or
    weighted fair queueing between the scenario's tenants when it has several); batches
    go to replicas as the batching and routing policies decide.
@@ -107,7 +112,14 @@ from coscale.accel.base import ModelFamily
 from coscale.backends.base import Backend, Replica, ReplicaDied, ReplicaSpec
 from coscale.clock import Clock, Timer
 from coscale.errors import CoscaleError, InvalidInputError, UnknownModelError
-from coscale.policies.admission import ADMIT, AdmitAll
+from coscale.policies.admission import (
+    ADMIT,
+    CYCLE_ALPHA,
+    MEASURED_RATE_MIN_FILL,
+    AdmitAll,
+    admission_capacity,
+    is_pressure,
+)
 from coscale.policies.allocation.capacity import capacity_rps
 from coscale.policies.base import VariantOption
 from coscale.runtime.batcher import Batcher, Scheduler
@@ -157,11 +169,6 @@ MAX_RETRIES = 2
 DEFAULT_TIMEOUT_FACTOR = 10.0
 #: Smallest Retry-After hint given with a 429.
 MIN_RETRY_AFTER_S = 0.05
-#: Admission trusts a replica's measured rate over its profile only when its recent
-#: batches (EWMA of items) fill at least this share of the batch limit.
-MEASURED_RATE_MIN_FILL = 0.5
-#: EWMA weight of the cycle-rate measure (module docstring, step 4).
-CYCLE_ALPHA = 0.02
 
 READY = ReplicaState.READY
 STARTING = ReplicaState.STARTING
@@ -418,6 +425,7 @@ class Lane:
         )
         self.arrivals_tick = 0
         self.arrivals_burst = 0  # since the last burst window (Controller's reactions)
+        self.pressure_burst = 0  # requests showing pressure in that window
         self.latencies_tick: list[float] = []
         self.requeued = 0
 
@@ -473,10 +481,9 @@ def _admission_view(r: LiveReplica, now: float, batch_limit: int) -> ReplicaView
     """``r``'s view with ``capacity_rps`` = min(profiled, measured cycle rate) when its
     recent batches were full enough to measure capacity (module docstring, step 4)."""
     view = r.view(now)
-    full = r.items_ewma >= MEASURED_RATE_MIN_FILL * max(1, batch_limit)
-    rate = r.cycle_rate
-    if full and 0.0 < rate < view.capacity_rps:
-        return dataclasses.replace(view, capacity_rps=rate)
+    capacity = admission_capacity(view.capacity_rps, r.cycle_rate, r.items_ewma, batch_limit)
+    if capacity != view.capacity_rps:
+        return dataclasses.replace(view, capacity_rps=capacity)
     return view
 
 
@@ -502,8 +509,11 @@ class DataPlane:
 
     ``backend`` starts replicas; ``threads`` is each replica's intra-op thread count.
     ``on_replica_lost(replica)`` is called when a replica dies or fails its health check;
-    ``on_replica_ready(replica)`` when one becomes READY. Call :meth:`bind` from the
-    event loop before :meth:`submit`.
+    ``on_replica_ready(replica)`` when one becomes READY; ``on_pressure(model)`` (set by
+    a controller whose policy reacts to bursts, with its ``pressure_fraction``) each
+    time admission's decision shows that a model needs capacity now
+    (:func:`~coscale.policies.admission.is_pressure`; None: pressure is not counted).
+    Call :meth:`bind` from the event loop before :meth:`submit`.
     """
 
     def __init__(
@@ -523,6 +533,8 @@ class DataPlane:
         self.threads = max(1, threads)
         self.on_replica_lost = on_replica_lost
         self.on_replica_ready = on_replica_ready
+        self.on_pressure: Callable[[str], None] | None = None
+        self.pressure_fraction: float | None = None
         self._scheduler: Scheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.lanes: dict[str, Lane] = {}
@@ -639,6 +651,9 @@ class DataPlane:
             )
             lane.promises.clear()
             lane.refused.clear()
+            fraction = self.pressure_fraction
+            if fraction is not None and is_pressure(decision, request, fraction):
+                self._note_pressure(lane)
         if not decision.admit:
             self._reject(lane, request, "overloaded")
             retry = max(decision.retry_after_s, MIN_RETRY_AFTER_S)
@@ -664,6 +679,13 @@ class DataPlane:
         lane.batcher.push(request, decision.priority)
         lane.batcher.poke()
         return await asyncio.shield(future)
+
+    def _note_pressure(self, lane: Lane) -> None:
+        """Count a request that showed ``lane``'s model needs capacity now
+        (:func:`~coscale.policies.admission.is_pressure`) and tell ``on_pressure``."""
+        lane.pressure_burst += 1
+        if self.on_pressure is not None:
+            self.on_pressure(lane.name)
 
     def note_refused(self, model: str, tenant: str, items: int = 1) -> None:
         """A request of ``tenant`` for ``model`` was refused before reaching the data
@@ -1047,7 +1069,8 @@ class DataPlane:
     def burst_snapshot(self, now: float) -> Snapshot:
         """The short window since the previous call (or the start) for the allocation
         policy's ``react``: per model ``arrival_rate`` = arrivals in the window / its
-        length and the queue now; every replica's view. Starts the next window."""
+        length, the queue now and the window's ``pressure``; every replica's view.
+        Starts the next window."""
         span = now - self.burst_start
         models = []
         for lane in self.lanes.values():
@@ -1058,9 +1081,11 @@ class DataPlane:
                     queue_length=len(lane.batcher),
                     slo_s=lane.slo_s,
                     accuracy_floor=lane.setup.accuracy_floor,
+                    pressure=lane.pressure_burst,
                 )
             )
             lane.arrivals_burst = 0
+            lane.pressure_burst = 0
         self.burst_start = now
         views = tuple(r.view(now) for r in self.live_replicas())
         return Snapshot(now, tuple(models), views)

@@ -24,7 +24,11 @@ Pipeline of one request
    carries, as live, each tenant's waiting requests and weight under fair queueing
    (``tenant_queues``) and, for admitted requests with a ``promised_by`` completed since
    the previous admission decision, ``(tenant, promised_by − decided, finish −
-   decided)`` (``promises``).
+   decided)`` (``promises``). Each replica's ``capacity_rps`` there is, as live, its
+   measured cycle rate where that is lower than the profile and its batches are full
+   enough (:func:`~coscale.policies.admission.admission_capacity`) — measured per group
+   here (EWMAs over the batches of all its replicas, :meth:`Group.observe_cycle`), per
+   replica live.
 3. **Queue**: the model's :class:`~coscale.sim.queues.ModelQueue` — FIFO, or weighted fair
    queueing between tenants when the model has a fair queue (several tenants).
    **Timeout** (as the live data plane): a request still in the model's queue
@@ -79,10 +83,14 @@ see :mod:`coscale.sim.run`).
 **Reactions to bursts**: when the allocation policy has a ``react`` method and a
 ``react_interval_s`` (the predictive policy with ``burst_ratio``), every
 ``react_interval_s`` from the start it is given the short window's snapshot (per model:
-arrivals since the previous reaction / the window, the queue now; every replica's
-view) and a plan it returns is reconciled as above — the live controller's loop
-(:mod:`coscale.runtime.controller`, "Reactions to bursts"); the fluid simulator does the
-same on its steps.
+arrivals since the previous reaction / the window, the queue now, the window's
+``pressure``; every replica's view) and a plan it returns is reconciled as above — the
+live controller's loop (:mod:`coscale.runtime.controller`, "Reactions to bursts"). With
+the policy's ``pressure_gap_s`` set, an admission decision that shows pressure
+(:func:`~coscale.policies.admission.is_pressure`) also posts a reaction at ``max(now,
+previous reaction + pressure_gap_s)``, unless one is already due. The fluid simulator
+reacts on its steps, without pressure (its admission is a rule on rates, not a
+decision per request).
 
 Faults
 ------
@@ -127,7 +135,13 @@ import numpy as np
 import numpy.typing as npt
 
 from coscale.errors import CoscaleError, InvalidInputError
-from coscale.policies.admission import AdmitAll, DeadlineAdmission, WeightedFairQueue
+from coscale.policies.admission import (
+    DEFAULT_PRESSURE_FRACTION,
+    AdmitAll,
+    DeadlineAdmission,
+    WeightedFairQueue,
+    is_pressure,
+)
 from coscale.policies.allocation.capacity import capacity_rps
 from coscale.policies.base import (
     AdmissionPolicy,
@@ -376,6 +390,7 @@ class _Model:
         "name",
         "planned",
         "presenter",
+        "pressure_burst",
         "promised",
         "promises",
         "queue",
@@ -429,6 +444,7 @@ class _Model:
         self.wake_at: float | None = None
         self.arrivals_tick = 0
         self.arrivals_burst = 0
+        self.pressure_burst = 0
         self.arrivals_sample = 0
         self.completed_sample = 0
         self.miss_sample = 0
@@ -611,6 +627,12 @@ class ClusterSimulator:
         react = getattr(allocation, "react", None)
         interval = getattr(allocation, "react_interval_s", None)
         self._react_interval = float(interval) if callable(react) and interval else None
+        gap = getattr(allocation, "pressure_gap_s", None)
+        self._pressure_gap = float(gap) if self._react_interval and gap is not None else None
+        self._pressure_fraction = float(
+            getattr(allocation, "pressure_fraction", DEFAULT_PRESSURE_FRACTION)
+        )
+        self._pressure_due = False
         self._deferred = 0
         self._faults_n = {"preemption": 0, "failure": 0}
         self._requeued = 0
@@ -812,6 +834,10 @@ class ClusterSimulator:
                 self._audit_admission(m, request, view, now)
             decision, m.astate = m.admission.decide(request, view, m.astate)
             m.promises.clear()
+            if self._pressure_gap is not None and is_pressure(
+                decision, request, self._pressure_fraction
+            ):
+                self._note_pressure(m, now)
             if decision.admit and decision.promised_by is not None:
                 m.promised[rid] = (now, decision.promised_by)
             priority = decision.priority
@@ -890,15 +916,20 @@ class ClusterSimulator:
             tenant_queues=m.queue.tenant_queues(m.tenants),
             promises=tuple(m.promises),
         )
+        limit = m.setup.batch_limit
         if not m.aggregate:
-            reps = tuple(r.view(now) for r in self._alive.values() if r.group.model == m.name)
+            reps = tuple(
+                _with_capacity(r.view(now), r.group.admission_capacity(limit))
+                for r in self._alive.values()
+                if r.group.model == m.name
+            )
             return Snapshot(now, (view,), reps)
         views: list[ReplicaView] = []
         for g in m.groups:
             n = len(g.members)
             if not n:
                 continue
-            cap = g.capacity_rps
+            cap = g.admission_capacity(limit)
             rate = 0.0 if cap > 0 else sum(r.rate_ewma for r in g.members.values())
             views.append(
                 ReplicaView(
@@ -1069,6 +1100,7 @@ class ClusterSimulator:
         m.miss_sample += late
         self._open -= size
         r.observe_batch(batch.items, now - started)
+        r.group.observe_cycle(batch.items, now - started)
         old = r.outstanding
         r.outstanding = old - size
         was_ready = r.state is READY
@@ -1293,25 +1325,47 @@ class ClusterSimulator:
             self._post(now + self._interval, self._tick)
 
     def _react(self) -> None:
-        """The allocation policy's reaction to bursts (module docstring, "Control
-        loop"): the short window's snapshot, ``allocation.react``, the plan reconciled."""
-        now = self._now()
+        """The periodic reaction to bursts (module docstring, "Reactions to bursts"),
+        then the next one posted."""
         if self._done_at is not None:
             return
+        now = self._now()
+        self._react_once(now)
+        assert self._react_interval is not None
+        if now + self._react_interval < self._horizon:
+            self._post(now + self._react_interval, self._react)
+
+    def _note_pressure(self, m: _Model, now: float) -> None:
+        """Admission showed that ``m`` needs capacity now: count it, and post a
+        reaction at ``max(now, last reaction + pressure_gap_s)`` unless one is due."""
+        m.pressure_burst += 1
+        if self._pressure_due:
+            return
+        assert self._pressure_gap is not None
+        self._pressure_due = True
+        self._post(max(now, self._last_react + self._pressure_gap), self._react_on_pressure)
+
+    def _react_on_pressure(self) -> None:
+        self._pressure_due = False
+        if self._done_at is None:
+            self._react_once(self._now())
+
+    def _react_once(self, now: float) -> None:
+        """One reaction: the short window's snapshot (arrivals, queue and pressure since
+        the previous reaction), ``allocation.react``, the plan reconciled."""
         span = now - self._last_react
         models = []
         for m in self._models:
-            models.append(_model_view(m, m.arrivals_burst, span))
+            view = _model_view(m, m.arrivals_burst, span)
+            models.append(dataclasses.replace(view, pressure=m.pressure_burst))
             m.arrivals_burst = 0
+            m.pressure_burst = 0
         self._last_react = now
         snapshot = Snapshot(now, tuple(models), tuple(r.view(now) for r in self._alive.values()))
         plan, self._astate = self._allocation.react(snapshot, self._astate)  # type: ignore[attr-defined]
         if plan is not None:
             self._reactions += 1
             self._reconcile(plan, now)
-        assert self._react_interval is not None
-        if now + self._react_interval < self._horizon:
-            self._post(now + self._react_interval, self._react)
 
     def _snapshot(self, now: float) -> Snapshot:
         span = now - self._last_tick
@@ -1550,6 +1604,13 @@ class ClusterSimulator:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _with_capacity(view: ReplicaView, capacity_rps: float) -> ReplicaView:
+    """``view`` showing ``capacity_rps`` (itself when unchanged)."""
+    if view.capacity_rps == capacity_rps:
+        return view
+    return dataclasses.replace(view, capacity_rps=capacity_rps)
 
 
 def _model_view(m: _Model, arrivals: int, span: float, p99_s: float = 0.0) -> ModelView:

@@ -64,6 +64,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from coscale.catalog.nodes import NodeType
+from coscale.policies.admission import CYCLE_ALPHA, admission_capacity
 from coscale.policies.base import VariantOption
 from coscale.policies.routing import (
     EarliestCompletion,
@@ -217,7 +218,10 @@ class Group:
     __slots__ = (
         "busy",
         "capacity_rps",
+        "cycle_items",
+        "cycle_s",
         "idle",
+        "items_ewma",
         "members",
         "model",
         "node",
@@ -244,6 +248,28 @@ class Group:
         #: The world's speed against the table the policies know (``ClusterSimulator``'s
         #: ``service_scale``; 1: the table is the truth).
         self.scale = 1.0
+        #: EWMAs over the group's finished batches (:meth:`observe_cycle`).
+        self.items_ewma = self.cycle_items = self.cycle_s = 0.0
+
+    def observe_cycle(self, items: int, cycle_s: float) -> None:
+        """Fold one finished batch of a member into the group's EWMAs of items per batch
+        (α = ``EWMA_ALPHA``) and of items and seconds per batch cycle (α =
+        :data:`~coscale.policies.admission.CYCLE_ALPHA`), as the live data plane does per
+        replica (its cycle here is the batch's service: a simulated replica starts its next
+        batch the moment the last one ends, or the moment it is assigned)."""
+        if self.cycle_s <= 0.0:
+            self.items_ewma = self.cycle_items = float(items)
+            self.cycle_s = cycle_s
+            return
+        self.items_ewma += EWMA_ALPHA * (items - self.items_ewma)
+        self.cycle_items += CYCLE_ALPHA * (items - self.cycle_items)
+        self.cycle_s += CYCLE_ALPHA * (cycle_s - self.cycle_s)
+
+    def admission_capacity(self, batch_limit: int) -> float:
+        """Each member's capacity as admission sees it
+        (:func:`~coscale.policies.admission.admission_capacity` over the group's EWMAs)."""
+        rate = self.cycle_items / self.cycle_s if self.cycle_s > 0 else 0.0
+        return admission_capacity(self.capacity_rps, rate, self.items_ewma, batch_limit)
 
     def service_s(self, batch: Batch) -> float:
         """Seconds this group's replicas take to run ``batch`` (padded to its longest

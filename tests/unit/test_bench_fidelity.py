@@ -20,6 +20,7 @@ from coscale.bench.sim import (
     mean_table_latency,
     replacement_startup_s,
     replay_live,
+    scale_up_startup_s,
     server_telemetry,
     twin_figures,
 )
@@ -228,3 +229,20 @@ def test_the_client_connection_pool_holds_requests_back_in_the_client() -> None:
     assert np.all(log.arrival[order][1:] >= log.finish[order][:-1] - 1e-12)
     assert np.all(log.arrival >= scheduled - 1e-12)
     assert twin_figures(one, scheduled)["p50_ms"] >= twin_figures(free, scheduled)["p50_ms"]
+
+
+def test_scale_up_startup_is_the_median_wait_for_the_added_replicas_to_serve() -> None:
+    run = {
+        "series": {
+            "time_s": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5],
+            "replicas": [1, 2, 2, 1, 2, 2, 3, 3],
+            "replicas_ready": [1, 1, 2, 1, 2, 2, 2, 3],
+        },
+    }
+    # 0.5 → 1.0 (0.5 s), 2.0 → 2.0 (within a sample: 0), 3.0 → 3.5 (0.5 s)
+    assert scale_up_startup_s(run) == pytest.approx(0.5)
+    flat = {"series": {**run["series"], "replicas": [1] * 8, "replicas_ready": [1] * 8}}
+    assert scale_up_startup_s(flat) is None
+    never = {"series": {**run["series"], "replicas_ready": [1] * 8}}
+    assert scale_up_startup_s(never) is None
+    assert scale_up_startup_s({}) is None

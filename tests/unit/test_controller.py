@@ -185,7 +185,13 @@ def digits_profile(
 
 
 def make(
-    profile: ProfileFile, clock: ManualClock, *, start: int, limit: int, allocation: dict[str, Any]
+    profile: ProfileFile,
+    clock: ManualClock,
+    *,
+    start: int,
+    limit: int,
+    allocation: dict[str, Any],
+    admission: str = "none",
 ) -> ServingSystem:
     data = {
         "name": "unit-controller",
@@ -204,6 +210,7 @@ def make(
             "preset": "baseline",
             "allocation": allocation,
             "variant": {"name": "fixed", "params": {"variant": "onnx-fp32"}},
+            "admission": {"name": admission},
         },
         "workload": {"generator": {"kind": "poisson", "rate_rps": 10, "duration_s": 5}},
     }
@@ -430,6 +437,64 @@ def test_bursts_between_decisions_reach_the_policy_react_on_the_clock(
         clock.advance(2.0)  # a quiet window: 0 req/s, no reaction
         await asyncio.sleep(0.05)
         assert s.controller.reactions == 1 and s.controller.decisions == 0
+        await s.shutdown()
+
+    asyncio.run(main())
+
+
+def test_admission_pressure_triggers_a_reaction_at_once(digits_profile: ProfileFile) -> None:
+    """A flood admitted late (predicted finish beyond ¼ of the budget) reaches the
+    policy's ``react`` without waiting for the burst window: the clock never reaches the
+    2-s window's end, the rate over it (0 s long) is 0, yet one replica more is planned."""
+    clock = ManualClock(1000.0)
+    allocation = {"name": "predictive", "params": {"burst_ratio": 1.5, "burst_window_s": 2.0}}
+    s = make(digits_profile, clock, start=1, limit=2, allocation=allocation, admission="deadline")
+    assert s.controller.pressure_gap_s == 0.25
+    assert s.plane.on_pressure == s.controller.pressure
+
+    async def main() -> None:
+        await s.start()
+        await asyncio.sleep(0.01)  # the reaction loop has opened its first window
+        flood = [asyncio.ensure_future(s.infer("digits", [x])) for x in images(800)]
+        await asyncio.sleep(0.01)  # admitted; the reaction is due now
+        assert s.controller.reactions == 0 and s.controller._pressure_timer is not None
+        clock.advance(0.0)  # the manual clock fires timers due now only when advanced
+        await until(lambda: s.controller.reactions == 1)
+        plan = s.controller.plans[-1]
+        assert "pressure" in plan.reason and plan.count("digits") == 2
+        assert s.controller.decisions == 0
+        # the second replica is STARTING or READY; every request is answered
+        await asyncio.gather(*flood, return_exceptions=True)
+        assert all(f.done() for f in flood)
+        await s.shutdown()
+
+    asyncio.run(main())
+
+
+def test_pressure_within_the_gap_is_answered_by_one_reaction(
+    digits_profile: ProfileFile,
+) -> None:
+    """Pressure reported again before ``pressure_gap_s`` has passed since the last
+    reaction schedules one reaction at the gap's end, not one per report."""
+    clock = ManualClock(1000.0)
+    allocation = {"name": "predictive", "params": {"burst_ratio": 1.5, "burst_window_s": 2.0}}
+    s = make(digits_profile, clock, start=1, limit=2, allocation=allocation)
+
+    async def main() -> None:
+        await s.start()
+        await asyncio.sleep(0.01)
+        s.controller.pressure("digits")
+        clock.advance(0.0)
+        await until(lambda: s.controller._last_react == 1000.0)  # at once
+        for _ in range(5):
+            s.controller.pressure("digits")  # within the gap: one reaction, at 1000.25
+        clock.advance(0.2)
+        await asyncio.sleep(0.02)
+        assert s.controller._last_react == 1000.0
+        clock.advance(0.05)
+        await until(lambda: s.controller._last_react == pytest.approx(1000.25))
+        await asyncio.sleep(0.02)
+        assert s.controller._pressure_timer is None
         await s.shutdown()
 
     asyncio.run(main())

@@ -58,15 +58,24 @@ For each model, at every call (``t`` = the snapshot's time; the executor calls e
    calls ``react`` every ``burst_window_s`` (default 2 s) with a snapshot of that short
    window (``arrival_rate`` measured over it, the queue now). Only models whose options
    all start within ``burst_max_startup_s`` (default 10 s: a local worker, a warm
-   standby) react — a replica that takes minutes arrives after a burst of seconds. For
+   standby) react — a replica that takes minutes arrives after a burst of seconds; with
+   no such model ``react_interval_s`` is None and the executors never call ``react``
+   (the simulated clusters, whose start-ups are 90 s and more, run as without). For
    each such model, with ``R_b = y_b + queue_length / backlog_drain_s`` (step 4's floor
    on the short window), ``C`` the capacity the decisions provisioned and ``s`` the
    model's *measured speed* (below): if ``R_b > burst_ratio × s × C`` (Knative's "panic"
    threshold is 2 on a target that is itself 70 % of capacity; 1.0 here compares with
-   the planning capacity, which has its own headroom; off in the presets, see
-   :mod:`~coscale.policies.presets`), the model gets *burst capacity* ``B = R_b / s`` at once,
+   the planning capacity, which has its own headroom; the optimized presets use 1.0,
+   see :mod:`~coscale.policies.presets`), the model gets *burst capacity* ``B = R_b / s`` at once,
    held ``burst_hold_s`` (default 4 s) from the last window over the threshold;
-   a window over it again renews the hold. A model's plan covers ``max(C, B)`` while
+   a window over it again renews the hold. **Pressure** triggers the same reaction
+   without waiting for the window's mean: a window whose ``pressure`` > 0 (requests
+   admission refused, or admitted with a predicted finish beyond ``pressure_fraction``
+   (default 0.15) of their budget: the replicas already fall behind; the executors
+   react on it at once, at most every ``pressure_gap_s``, default 0.25 s; None turns
+   it off) gives ``B = max(B, Σ capacity of the READY replicas + c₁)`` — one
+   replica more than serve now (``c₁`` of step 6) — unless a replica of the model is
+   STARTING (the capacity coming is given its time). A model's plan covers ``max(C, B)`` while
    its burst is held; once the hold has lapsed the next call returns a plan without it
    (the burst replicas drain and stop). Burst capacity stays out of step 6's wants: a
    burst of seconds must not hold replicas for the whole cool-down (the optimized
@@ -98,6 +107,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from coscale.policies.admission import DEFAULT_PRESSURE_FRACTION
 from coscale.policies.allocation.capacity import (
     DEFAULT_TYPICAL_SEQ_LEN,
     EPS,
@@ -193,6 +203,8 @@ class PredictivePolicy:
         burst_window_s: float = 2.0,
         burst_hold_s: float = 4.0,
         burst_max_startup_s: float = 10.0,
+        pressure_gap_s: float | None = 0.25,
+        pressure_fraction: float = DEFAULT_PRESSURE_FRACTION,
         use_spot: bool = True,
         seq_len: int = DEFAULT_TYPICAL_SEQ_LEN,
         budget_fraction: float = LATENCY_BUDGET_FRACTION,
@@ -228,11 +240,22 @@ class PredictivePolicy:
             f"{burst_max_startup_s}",
             "use e.g. burst_hold_s 4 and burst_max_startup_s 10",
         )
+        require(
+            pressure_gap_s is None or pressure_gap_s >= 0,
+            f"pressure_gap_s must be >= 0 (or null: no reaction on pressure), got {pressure_gap_s}",
+            "use e.g. 0.25",
+        )
+        require(
+            0 < pressure_fraction <= 1,
+            f"pressure_fraction must be in (0, 1], got {pressure_fraction}",
+            f"use e.g. {DEFAULT_PRESSURE_FRACTION}",
+        )
         self.burst_ratio = burst_ratio
         self.burst_hold_s = burst_hold_s
         self.burst_max_startup_s = burst_max_startup_s
-        #: Seconds between :meth:`react` calls (None: the executor does not call it).
-        self.react_interval_s = burst_window_s if burst_ratio is not None else None
+        #: The share of a request's budget past which admission's predicted finish is
+        #: pressure (:func:`~coscale.policies.admission.is_pressure`); the executors read it.
+        self.pressure_fraction = pressure_fraction
         self.context = context
         self.forecaster = Forecaster(
             ForecastConfig(
@@ -259,6 +282,15 @@ class PredictivePolicy:
             context, allow_spot=use_spot, seq_len=seq_len, budget_fraction=budget_fraction
         )
         self._on_demand = {m: o.on_demand() for m, o in self._options.items()}
+        reacts = burst_ratio is not None and any(
+            o.startup_s <= burst_max_startup_s for o in self._options.values()
+        )
+        #: Seconds between :meth:`react` calls (None: the executor does not call it —
+        #: reactions off, or no model whose replicas start within ``burst_max_startup_s``).
+        self.react_interval_s = burst_window_s if reacts else None
+        #: The shortest gap between two reactions that pressure triggers (None: the
+        #: executors do not react on pressure, and a window's pressure is ignored).
+        self.pressure_gap_s = pressure_gap_s if reacts else None
         self.seq_len = seq_len
         self._tables = {m.model: latency_map(m.options) for m in context.models}
         self._ledger = PoolLedger.template(context.pools, context.spot_share)
@@ -332,11 +364,19 @@ class PredictivePolicy:
                 prev = replace(prev, burst_rps=0.0, burst_until=-math.inf)
                 notes.append(f"{m.model}: burst over")
                 changed = True
-            floor, speed = self._burst_floor(m.model, views.get(m.model), mine)
-            if floor > self.burst_ratio * speed * max(prev.capacity_rps, EPS):
-                want = max(floor / speed, now_held)
+            view = views.get(m.model)
+            floor, speed = self._burst_floor(m.model, view, mine)
+            over = floor > self.burst_ratio * speed * max(prev.capacity_rps, EPS)
+            pressed = self._pressed(m.model, view, mine)
+            if over or pressed:
+                want = max(floor / speed if over else 0.0, now_held)
+                if pressed:
+                    want = max(want, self._one_more(m.model, mine))
                 prev = replace(prev, burst_rps=want, burst_until=now + self.burst_hold_s)
-                notes.append(f"{m.model}: burst {floor:.1f} rps at speed {speed:.2f}")
+                why = f"{floor:.1f} rps at speed {speed:.2f}" if over else ""
+                if pressed:
+                    why += f"{', ' if why else ''}pressure {view.pressure if view else 0}"
+                notes.append(f"{m.model}: burst, {why}")
                 changed = True
             models.append((m.model, prev))
         if not changed:
@@ -349,6 +389,24 @@ class PredictivePolicy:
             targets.extend(placed)
             notes.append(f"{name}: {capacity:.1f} rps{note}")
         return plan(now, targets, notes), PredictiveState(tuple(models))
+
+    def _pressed(self, model: str, view: ModelView | None, replicas: list[ReplicaView]) -> bool:
+        """Step 9's pressure trigger: the window's ``pressure`` > 0, the model's options
+        start within ``burst_max_startup_s`` and none of its replicas is STARTING (the
+        capacity already coming is given its time)."""
+        if self.pressure_gap_s is None or view is None or view.pressure <= 0:
+            return False
+        if self._options[model].startup_s > self.burst_max_startup_s:
+            return False
+        return not any(r.state is ReplicaState.STARTING for r in replicas)
+
+    def _one_more(self, model: str, replicas: list[ReplicaView]) -> float:
+        """The READY replicas' expected capacity plus one replica of the model's best
+        ranked candidate (step 9, pressure)."""
+        options = self._options[model]
+        ready = sum(options.capacity_of(r) for r in replicas if r.state is ReplicaState.READY)
+        one = options.candidates[0].expected_rps if options.candidates else 0.0
+        return ready + one
 
     def _running_capacity(self, model: str, replicas: list[ReplicaView]) -> float:
         """The READY and STARTING replicas' capacity (step 9, before the first decision)."""

@@ -21,6 +21,7 @@ from coscale.policies.admission import (
     fair_ahead,
     fold_demand,
     fold_speeds,
+    is_pressure,
     shown_speed,
     within_share,
 )
@@ -797,3 +798,15 @@ def test_the_fair_queue_serves_priority_requests_first_each_tenant_in_order() ->
     assert order[0] == 20
     assert order.index(10) < order.index(11)
     assert sorted(order) == [0, 1, 2, 3, 10, 11, 20]
+
+
+def test_pressure_is_a_refusal_or_a_prediction_past_a_share_of_the_budget() -> None:
+    r = Request(1, "m", arrival=10.0, deadline=10.4)  # budget 0.4 s: a quarter is 0.1
+    assert is_pressure(AdmissionDecision(False, reason="late"), r, 0.25)
+    assert not is_pressure(AdmissionDecision(True), r)  # no prediction (AdmitAll, a free replica)
+    assert not is_pressure(AdmissionDecision(True, promised_by=10.1), r, 0.25)
+    assert is_pressure(AdmissionDecision(True, promised_by=10.1001), r, 0.25)
+    # the default share, 0.15: 0.06 s of this budget
+    assert not is_pressure(AdmissionDecision(True, promised_by=10.06), r)
+    assert is_pressure(AdmissionDecision(True, promised_by=10.0601), r)
+    assert not is_pressure(AdmitAll().decide(r, Snapshot(10.0), None)[0], r)

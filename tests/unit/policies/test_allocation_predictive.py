@@ -455,3 +455,47 @@ def test_react_validates_its_parameters() -> None:
         PredictivePolicy(context(), burst_ratio=1.5, burst_window_s=0.0)
     with pytest.raises(CoscaleError, match="burst_hold_s"):
         PredictivePolicy(context(), burst_ratio=1.5, burst_hold_s=-1.0)
+    with pytest.raises(CoscaleError, match="pressure_gap_s"):
+        PredictivePolicy(context(), burst_ratio=1.5, pressure_gap_s=-0.1)
+    with pytest.raises(CoscaleError, match="pressure_fraction"):
+        PredictivePolicy(context(), burst_ratio=1.5, pressure_fraction=0.0)
+
+
+def pressed(t: float, pressure: int, replicas: tuple[ReplicaView, ...]) -> Snapshot:
+    """A short window with a low rate (under every threshold) and ``pressure``."""
+    return Snapshot(t, (ModelView("m", 2.0, pressure=pressure),), replicas)
+
+
+def test_pressure_adds_one_replica_at_once_and_holds_it() -> None:
+    p = PredictivePolicy(FAST, burst_ratio=1.5, burst_hold_s=4.0)
+    assert p.pressure_gap_s == 0.25
+    state = with_capacity(10.0)
+    # the same quiet window without pressure: nothing
+    assert p.react(pressed(T0, 0, (ready(0),)), state) == (None, state)
+    plan, new = p.react(pressed(T0, 3, (ready(0),)), state)
+    assert plan is not None and plan.count("m") == 2  # the READY one + one more
+    assert "pressure 3" in plan.reason
+    m = new.get("m")  # type: ignore[union-attr]
+    assert m is not None and m.burst_rps == pytest.approx(20.0) and m.burst_until == T0 + 4.0
+    # pressure again once the second replica serves: a third
+    plan, new = p.react(pressed(T0 + 1.0, 1, (ready(0), ready(1))), new)
+    assert plan is not None and plan.count("m") == 3
+    assert new is not None and new.get("m").burst_until == T0 + 5.0  # type: ignore[union-attr]
+
+
+def test_pressure_waits_for_a_replica_still_starting() -> None:
+    p = PredictivePolicy(FAST, burst_ratio=1.5)
+    starting = dataclasses.replace(ready(1), state=ReplicaState.STARTING)
+    state = with_capacity(20.0)
+    assert p.react(pressed(T0, 5, (ready(0), starting)), state) == (None, state)
+
+
+def test_pressure_is_ignored_when_off_or_when_replicas_start_slowly() -> None:
+    state = with_capacity(10.0)
+    off = PredictivePolicy(FAST, burst_ratio=1.5, pressure_gap_s=None)
+    assert off.pressure_gap_s is None
+    assert off.react(pressed(T0, 5, (ready(0),)), state) == (None, state)
+    slow = PredictivePolicy(context(), burst_ratio=1.5)  # 60-s start-ups
+    assert slow.react(pressed(T0, 5, (ready(0),)), state) == (None, state)
+    # without burst_ratio the policy does not react at all, pressure or not
+    assert PredictivePolicy(FAST).pressure_gap_s is None

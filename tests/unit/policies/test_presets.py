@@ -163,3 +163,29 @@ def test_make_passes_params_and_rejects_unknown_ones() -> None:
 def test_make_invalid_value_is_a_coscale_error() -> None:
     with pytest.raises(CoscaleError, match="max_ongoing"):
         make_routing("power-of-two", max_ongoing=0)
+
+
+def test_predictive_presets_react_and_a_scenario_turns_reactions_off() -> None:
+    """The optimized presets react to bursts and pressure (``burst_ratio`` 1.0);
+    ``burst_ratio: null`` in a scenario's allocation params is kept (not dropped as an
+    absent override) and turns them off."""
+    from coscale.config import scenario_from_dict
+
+    for name in ("optimized-a", "optimized-b"):
+        params = PRESETS[name].allocation_params
+        assert params["burst_ratio"] == 1.0
+    off = resolve_preset("optimized-b", {"allocation_params": {"burst_ratio": None}})
+    assert off.allocation_params["burst_ratio"] is None
+    data = {
+        "name": "s",
+        "models": [{"name": "d", "source": "digits-cnn", "slo_ms": 50, "accuracy_floor": 0.9}],
+        "cluster": {"nodes": [{"type": "local-2vcpu", "count": 1}]},
+        "policies": {
+            "preset": "optimized-b",
+            "allocation": {"name": "predictive", "params": {"burst_ratio": None}},
+        },
+        "workload": {"generator": {"kind": "poisson", "rate_rps": 10, "duration_s": 5}},
+    }
+    policies = scenario_from_dict(data).policies
+    assert policies.allocation is not None
+    assert policies.allocation.params == {"burst_ratio": None}
