@@ -744,10 +744,13 @@ def _burst_run(
     deadline: bool = False,
     pressure_gap_s: float | None = 0.25,
     burst_at: float = 4.0,
+    service_scale: float = 1.0,
+    keep: list[ClusterSimulator] | None = None,
 ) -> SimResult:
     """One READY fp32 replica; 2 req/s for ``burst_at`` s, then 120 req/s until 10 s: the
     arrivals end before the first decision (15 s), so only a reaction adds replicas while
-    they last. ``deadline``: DeadlineAdmission (else AdmitAll)."""
+    they last. ``deadline``: DeadlineAdmission (else AdmitAll); ``service_scale``: the
+    world's speed against the table; ``keep`` receives the simulator."""
     from coscale.policies.admission import AdmitAll, DeadlineAdmission
     from coscale.policies.allocation.predictive import PredictivePolicy
     from coscale.policies.base import AllocationContext, ModelTarget, Pool
@@ -775,8 +778,36 @@ def _burst_run(
         initial=(ReplicaTarget("m", "fp32-eager", "c7a.large", 1),),
         faults=FaultModel(0.0),
         drain_limit_s=100.0,
+        service_scale=service_scale,
     )
+    if keep is not None:
+        keep.append(sim)
     return sim.run()
+
+
+def test_admission_capacity_is_the_groups_measured_cycle_rate_once_batches_are_full() -> None:
+    g = Group(_option(FP32, "c7a.large"), 100.0, 0)
+    assert g.admission_capacity(8) == 100.0  # nothing measured yet: the profile
+    for _ in range(300):
+        g.observe_cycle(8, 0.16)  # 8 items per 0.16-s cycle: 50 items/s
+    assert g.items_ewma == pytest.approx(8.0)
+    assert g.admission_capacity(8) == pytest.approx(50.0)
+    assert g.admission_capacity(32) == 100.0  # 8 items fill less than half of 32
+    fast = Group(_option(FP32, "c7a.large"), 100.0, 0)
+    for _ in range(300):
+        fast.observe_cycle(8, 0.04)  # 200 items/s: faster than profiled, the profile stands
+    assert fast.admission_capacity(8) == 100.0
+
+
+def test_the_simulator_feeds_admission_the_measured_cycle_rate_of_a_slower_world() -> None:
+    """In a world 2x slower than the table (the calibrated twin), the groups' measured
+    cycle rate — what admission reads — is half the profiled capacity, as a live
+    replica's would be."""
+    kept: list[ClusterSimulator] = []
+    _burst_run(None, deadline=True, service_scale=2.0, keep=kept)
+    (group,) = kept[0]._models[0].groups
+    assert group.capacity_rps == pytest.approx(50.0)  # 0.02 s per item, batches of 1
+    assert group.admission_capacity(1) == pytest.approx(25.0, rel=0.01)
 
 
 def test_a_burst_adds_replicas_within_seconds_not_at_the_next_decision() -> None:

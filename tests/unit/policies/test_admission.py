@@ -17,6 +17,7 @@ from coscale.policies.admission import (
     FairQueueState,
     MarginState,
     WeightedFairQueue,
+    admission_capacity,
     demand_rates,
     fair_ahead,
     fold_demand,
@@ -810,3 +811,11 @@ def test_pressure_is_a_refusal_or_a_prediction_past_a_share_of_the_budget() -> N
     assert not is_pressure(AdmissionDecision(True, promised_by=10.06), r)
     assert is_pressure(AdmissionDecision(True, promised_by=10.0601), r)
     assert not is_pressure(AdmitAll().decide(r, Snapshot(10.0), None)[0], r)
+
+
+def test_admission_capacity_trusts_a_measured_rate_only_below_the_profile_and_when_full() -> None:
+    # batches of 6 on a limit of 8 (≥ half): the measured 40 items/s below the profiled 100
+    assert admission_capacity(100.0, 40.0, 6.0, 8) == 40.0
+    assert admission_capacity(100.0, 40.0, 3.0, 8) == 100.0  # small batches: the profile
+    assert admission_capacity(100.0, 140.0, 6.0, 8) == 100.0  # faster than profiled
+    assert admission_capacity(100.0, 0.0, 6.0, 8) == 100.0  # nothing measured

@@ -499,3 +499,10 @@ def test_pressure_is_ignored_when_off_or_when_replicas_start_slowly() -> None:
     assert slow.react(pressed(T0, 5, (ready(0),)), state) == (None, state)
     # without burst_ratio the policy does not react at all, pressure or not
     assert PredictivePolicy(FAST).pressure_gap_s is None
+
+
+def test_executors_are_not_asked_to_react_when_no_model_starts_within_the_bound() -> None:
+    slow = PredictivePolicy(context(), burst_ratio=1.0)  # 60-s start-ups
+    assert slow.react_interval_s is None and slow.pressure_gap_s is None
+    bounded = PredictivePolicy(context(), burst_ratio=1.0, burst_max_startup_s=60.0)
+    assert bounded.react_interval_s == 2.0 and bounded.pressure_gap_s == 0.25
