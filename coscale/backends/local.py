@@ -57,7 +57,10 @@ of ``source`` and primes its data, then waits). The algorithm:
 2. After a start *succeeds* (not when it failed, nor when its caller gave up), a new
    standby for ``spec.threads`` prepared for ``spec.source`` is spawned on a thread of
    its own, unless the shape already has one — so the standby's imports never compete
-   with the replica start they would speed up, and run at the workers' lower priority.
+   with the replica start they would speed up. They run in ``SCHED_IDLE`` where the
+   worker may leave that class again (:func:`coscale.runtime.worker.idle_class`), else
+   at the workers' lower priority: a standby is spawned in a burst, and its imports at
+   the workers' priority slowed the serving replicas 2× there.
 3. :meth:`LocalBackend.shutdown` and :meth:`LocalBackend.close_now` (also at interpreter
    exit) kill and reap the standbys; a standby whose parent dies exits on end-of-file
    of its data channel, like every worker. A stopped backend spawns no new standby until

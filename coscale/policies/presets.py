@@ -25,7 +25,7 @@ variant selection, admission) with its constructor parameters. Presets:
   within ``burst_max_startup_s`` (10 s: a local worker or its warm standby), so the
   simulated clusters (start-ups of 90 s and more) run as without them; on the live
   cycle of ``coscale bench`` they raised optimized-b's reliability from 88–92 % to
-  99.4 % for 27.8 % less cost than baseline instead of 42 % (docs/benchmarks.md,
+  99.4–100 % for 24–28 % less cost than baseline instead of 42 % (docs/benchmarks.md,
   "Reacting on admission's pressure"). Turn them off with ``allocation: {name:
   predictive, params: {burst_ratio: null}}``. They keep
   no spare replica by default (``spare_replicas`` = 0): a spare (N + 1, while a model has

@@ -33,3 +33,24 @@ def test_a_bad_value_is_an_error_naming_the_variable(
     monkeypatch.setenv(NICE_ENV, text)
     with pytest.raises(CoscaleError, match=NICE_ENV):
         worker_nice_from_env()
+
+
+def test_a_standbys_preparation_runs_in_the_idle_class_and_leaves_it() -> None:
+    """``idle_class`` runs its block in SCHED_IDLE where leaving it is permitted (root
+    here), and the thread is back in SCHED_OTHER, at the same nice value, after it —
+    also when the block raises. Where it is not permitted it yields False and changes
+    nothing."""
+    import os
+
+    from coscale.runtime.worker import idle_class
+
+    nice = os.nice(0)
+    with idle_class() as idle:
+        inside = os.sched_getscheduler(0)
+    assert inside == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER and os.nice(0) == nice
+    with pytest.raises(RuntimeError), idle_class():
+        raise RuntimeError("a failed import")
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER and os.nice(0) == nice
+    if os.geteuid() == 0:  # root may always leave the class: the probe succeeds
+        assert idle
