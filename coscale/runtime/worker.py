@@ -319,12 +319,14 @@ def prepare(source: str, nice: int) -> Prepared:
 @contextlib.contextmanager
 def idle_class() -> Iterator[bool]:
     """Run the block in Linux's ``SCHED_IDLE`` scheduling class (only CPU time no other
-    runnable process wants), then back in ``SCHED_OTHER`` with the same nice value;
-    yields whether it did. It enters the class only after a probe (enter, leave) showed
-    that leaving it is permitted; no ``SCHED_IDLE`` (not Linux) or a refused probe: the
-    block runs as it is. A leave refused after the probe succeeded (it cannot happen
-    unless the limits change meanwhile) ends the process with
-    :data:`EXIT_START_FAILED` rather than serve in the idle class."""
+    runnable process wants), then back in ``SCHED_OTHER`` with the same nice value —
+    the calling thread and every thread the block started (they inherit the class), so
+    no pool thread of an imported library serves in it later; yields whether it did.
+    It enters the class only after a probe (enter, leave) showed that leaving it is
+    permitted; no ``SCHED_IDLE`` (not Linux) or a refused probe: the block runs as it
+    is. A leave refused after the probe succeeded (it cannot happen unless the limits
+    change meanwhile) ends the process with :data:`EXIT_START_FAILED` rather than serve
+    in the idle class."""
     if not _can_leave_idle():
         yield False
         return
@@ -333,9 +335,22 @@ def idle_class() -> Iterator[bool]:
         yield True
     finally:
         try:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            for tid in _thread_ids():
+                with contextlib.suppress(ProcessLookupError):  # a thread that ended
+                    if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+                        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
         except OSError:
             _exit(EXIT_START_FAILED)
+
+
+def _thread_ids() -> list[int]:
+    """The process's thread ids (``/proc/self/task``), the calling thread first."""
+    me = threading.get_native_id()
+    try:
+        others = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me]
+    except OSError:
+        others = []
+    return [me, *others]
 
 
 def _can_leave_idle() -> bool:

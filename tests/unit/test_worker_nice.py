@@ -41,14 +41,31 @@ def test_a_standbys_preparation_runs_in_the_idle_class_and_leaves_it() -> None:
     also when the block raises. Where it is not permitted it yields False and changes
     nothing."""
     import os
+    import threading
 
     from coscale.runtime.worker import idle_class
 
     nice = os.nice(0)
+    started = threading.Event()
+    stop = threading.Event()
+    pool: list[int] = []
+
+    def pool_thread() -> None:  # a library's pool thread, started during the imports
+        pool.append(threading.get_native_id())
+        started.set()
+        stop.wait(10.0)
+
+    thread = threading.Thread(target=pool_thread, daemon=True)
     with idle_class() as idle:
         inside = os.sched_getscheduler(0)
-    assert inside == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
+        thread.start()
+        started.wait(5.0)
+        born = os.sched_getscheduler(pool[0])
+    assert inside == born == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER and os.nice(0) == nice
+    assert os.sched_getscheduler(pool[0]) == os.SCHED_OTHER  # the pool thread left it too
+    stop.set()
+    thread.join()
     with pytest.raises(RuntimeError), idle_class():
         raise RuntimeError("a failed import")
     assert os.sched_getscheduler(0) == os.SCHED_OTHER and os.nice(0) == nice
