@@ -45,7 +45,9 @@ A run (:func:`run_cycle`)
 -------------------------
 ``coscale serve`` in a subprocess (a one-pool scenario of this machine's node type,
 ``count = max_count = replicas``, whose workload is the cycle's segment and speed-up,
-``--preset P``, ``--profile`` the profile above) on a free loopback port;
+``--preset P``, ``--profile`` the profile above; baseline's static allocation fixed at
+the ``replicas`` budget, :func:`~coscale.bench.settings.live_policies`) on a free
+loopback port;
 :func:`coscale.load.run_load` (``coscale load``'s generator) replays the schedule; at
 ``kill_at_s`` (``kill_at`` of the way from the first arrival to the last) the first READY
 worker (by replica id) is killed with SIGKILL, in
@@ -96,7 +98,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from coscale.bench.settings import BenchSettings
+from coscale.bench.settings import BenchSettings, live_policies
 from coscale.bench.sim import server_telemetry
 from coscale.errors import CoscaleError
 
@@ -360,11 +362,18 @@ def served_name(model: str) -> str:
     return "minilm" if model == "minilm" else "digits"
 
 
-def write_scenario(folder: Path, settings: BenchSettings, node_type: str, plan: CyclePlan) -> Path:
-    """The one-model, one-pool scenario every live run serves. Its workload is the
-    cycle's trace segment at the cycle's speed-up (``plan``), so the server's policies
-    see the lengths and rates they will serve (variant choice at the typical length,
-    static sizing from the mean rate)."""
+def write_scenario(
+    folder: Path,
+    settings: BenchSettings,
+    node_type: str,
+    plan: CyclePlan,
+    preset: str = "optimized-b",
+) -> Path:
+    """The one-model, one-pool scenario ``preset``'s live run serves. Its workload is
+    the cycle's trace segment at the cycle's speed-up (``plan``), so the server's
+    policies see the lengths and rates they will serve (variant choice at the typical
+    length); its policies are :func:`~coscale.bench.settings.live_policies` (baseline's
+    static allocation at the replica budget)."""
     workload = {
         "trace": {
             "path": settings.trace,
@@ -390,10 +399,11 @@ def write_scenario(folder: Path, settings: BenchSettings, node_type: str, plan: 
                 {"type": node_type, "count": settings.replicas, "max_count": settings.replicas}
             ]
         },
-        "policies": {"preset": "optimized-b"},
+        "policies": live_policies(settings, preset),
         "workload": workload,
     }
-    path = folder / ("bench-live.yaml" if plan is not None else "bench-profile.yaml")
+    name = "bench-live" if preset == "optimized-b" else f"bench-live-{preset}"
+    path = folder / (f"{name}.yaml" if plan is not None else "bench-profile.yaml")
     path.write_text(yaml.safe_dump(scenario, sort_keys=False))
     return path
 
@@ -833,12 +843,12 @@ def run_live(
                 load_average=load_before,
                 measured_rps=measured,
             )
-        scenario = write_scenario(folder, settings, node.name, plan)
         runs = []
         scal_points: list[dict[str, Any]] = []
         want_scal = "scalability" in settings.parts
         for preset in settings.live_presets:
             cb = progress(preset) if progress is not None else None
+            scenario = write_scenario(folder, settings, node.name, plan, preset)
             row, points = run_cycle(
                 settings,
                 plan,

@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from coscale.bench.settings import CLUSTER_POOLS, BenchSettings
+from coscale.bench.settings import CLUSTER_POOLS, BenchSettings, live_policies
 from coscale.config import Scenario, scenario_from_dict
 from coscale.types import LatencyTable
 
@@ -471,9 +471,10 @@ class ScheduledKill:
 
 
 def live_twin_scenario(
-    settings: BenchSettings, live: Mapping[str, Any], node_type: str
+    settings: BenchSettings, live: Mapping[str, Any], node_type: str, preset: str = "optimized-b"
 ) -> Scenario:
-    """The one-pool scenario the live runs served (module docstring, "Fidelity")."""
+    """The one-pool scenario ``preset``'s live run served (module docstring, "Fidelity"),
+    with the same :func:`~coscale.bench.settings.live_policies`."""
     seg = live["segment"]
     data = {
         "name": "bench-live",
@@ -490,7 +491,7 @@ def live_twin_scenario(
         "cluster": {
             "nodes": [{"type": node_type, "count": live["replicas"], "max_count": live["replicas"]}]
         },
-        "policies": {"preset": "optimized-b"},
+        "policies": live_policies(settings, preset),
         "workload": {
             "trace": {
                 "path": settings.trace,
@@ -598,23 +599,28 @@ def replay_live(
     from coscale.sim.run import SimOptions, prepare
 
     node_type = live["node_type"]
-    scenario = live_twin_scenario(settings, live, node_type)
     given = {live["served_name"]: profile} if profile is not None else {}
-    prepared = prepare(scenario, SimOptions(profiles=given, fault_scale=0.0))
+
+    def prepared_for(preset: str) -> Any:
+        scenario = live_twin_scenario(settings, live, node_type, preset)
+        return prepare(scenario, SimOptions(profiles=given, fault_scale=0.0))
+
+    prepared = prepared_for("optimized-b")
     connections = client_connections(prepared, settings.slo / 1000.0, settings.client_timeout_s)
     pairs = []
     calibrated = 0
     for run in live["runs"]:
+        own = prepared if run["preset"] == "optimized-b" else prepared_for(run["preset"])
         killed = run.get("killed")
         used = run.get("variants_used") or [live.get("best_variant", "")]
-        k, how = _calibration(prepared, run, str(used[0]))
+        k, how = _calibration(own, run, str(used[0]))
         startup = replacement_startup_s(run)
         how["replacement_startup_s"] = startup
         if startup is None:
             startup = how["scale_up_startup_s"] = scale_up_startup_s(run)
         how["connections"] = connections
         calibrated += int(bool(how["calibrated"]))
-        twin = _after_http_path(prepared, how.get("http_path_ms", 0.0) / 1000.0)
+        twin = _after_http_path(own, how.get("http_path_ms", 0.0) / 1000.0)
         kill = killed["at_s"] if killed else None
         result = _run_twin(
             twin, run["preset"], kill, connections, service_scale=k, startup_s=startup
@@ -627,7 +633,7 @@ def replay_live(
                     "p99_ms": run["p99_ms"],
                     "throughput_rps": run["throughput_rps"],
                 },
-                "sim": twin_figures(result, prepared.arrivals.times),
+                "sim": twin_figures(result, own.arrivals.times),
                 "calibration": how,
             }
         )

@@ -246,3 +246,19 @@ def test_scale_up_startup_is_the_median_wait_for_the_added_replicas_to_serve() -
     never = {"series": {**run["series"], "replicas_ready": [1] * 8}}
     assert scale_up_startup_s(never) is None
     assert scale_up_startup_s({}) is None
+
+
+def test_the_live_baseline_is_static_at_the_replica_budget_live_and_in_its_twin() -> None:
+    """Baseline's live scenario (and its twin's) fixes the static allocation at the
+    replica budget; sized from the demand, this digits segment needs one replica."""
+    from coscale.bench.settings import live_policies
+
+    budget = {"name": "static", "params": {"replicas": SETTINGS.replicas}}
+    assert live_policies(SETTINGS, "baseline") == {"preset": "baseline", "allocation": budget}
+    assert live_policies(SETTINGS, "optimized-b") == {"preset": "optimized-b"}
+    twin = live_twin_scenario(SETTINGS, _live([]), "local-2vcpu", "baseline")
+    prepared = prepare(twin, SimOptions(profiles={"digits": DIGITS}, fault_scale=0.0))
+    fixed = first_plan(build_policies(prepared, "baseline"))
+    sized = first_plan(build_policies(_prepared(), "baseline"))  # optimized-b's scenario
+    assert sum(t.count for t in fixed) == SETTINGS.replicas == 2
+    assert sum(t.count for t in sized) == 1
