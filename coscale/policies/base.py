@@ -71,6 +71,33 @@ class AllocationPolicy(Protocol[S]):
     def decide(self, snapshot: Snapshot, state: S | None) -> tuple[Plan, S]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Reactions:
+    """How an executor runs an allocation policy's reactions to bursts
+    (:func:`reactions_of`): its ``react`` every ``interval_s`` (None: never), and at
+    once on admission's pressure — at most every ``pressure_gap_s`` (None: not on
+    pressure), pressure being a predicted finish past ``pressure_fraction`` of a
+    request's budget (:func:`~coscale.policies.admission.is_pressure`)."""
+
+    interval_s: float | None = None
+    pressure_gap_s: float | None = None
+    pressure_fraction: float = 1.0
+
+
+def reactions_of(allocation: object) -> Reactions:
+    """The reactions ``allocation`` asks for: none unless it has a callable ``react``
+    and a ``react_interval_s`` > 0; pressure reactions where it also has a
+    ``pressure_gap_s`` that is not None (and then its ``pressure_fraction``). The one
+    reading of these attributes for every executor (live controller, both simulators)."""
+    interval = getattr(allocation, "react_interval_s", None)
+    if not callable(getattr(allocation, "react", None)) or not interval:
+        return Reactions()
+    gap = getattr(allocation, "pressure_gap_s", None)
+    if gap is None:
+        return Reactions(float(interval))
+    return Reactions(float(interval), float(gap), float(allocation.pressure_fraction))  # type: ignore[attr-defined]
+
+
 class RoutingPolicy(Protocol[S]):
     """Chooses the replica a batch goes to among the snapshot's serving replicas."""
 

@@ -82,8 +82,7 @@ import numpy as np
 
 from coscale.clock import Clock, Timer
 from coscale.errors import CoscaleError
-from coscale.policies.admission import DEFAULT_PRESSURE_FRACTION
-from coscale.policies.base import AllocationPolicy
+from coscale.policies.base import AllocationPolicy, reactions_of
 from coscale.runtime.dataplane import DataPlane, LiveReplica
 from coscale.telemetry.records import ReplicaSample, TelemetryWindow
 from coscale.types import (
@@ -400,13 +399,13 @@ class Controller:
         self._pressure_timer: Timer | None = None
         plane.on_replica_lost = self.replica_lost
         plane.on_replica_ready = self.replica_ready
-        gap = getattr(allocation, "pressure_gap_s", None)
-        self.pressure_gap_s = float(gap) if gap is not None else None
-        if self.react_interval_s is not None and self.pressure_gap_s is not None:
+        reactions = reactions_of(allocation)
+        #: Seconds between reactions to bursts; None when the policy has none.
+        self.react_interval_s = reactions.interval_s
+        self.pressure_gap_s = reactions.pressure_gap_s
+        if self.pressure_gap_s is not None:
             plane.on_pressure = self.pressure
-            plane.pressure_fraction = float(
-                getattr(allocation, "pressure_fraction", DEFAULT_PRESSURE_FRACTION)
-            )
+            plane.pressure_fraction = reactions.pressure_fraction
 
     # -- the decision step ---------------------------------------------------------------
 
@@ -416,14 +415,6 @@ class Controller:
         self.decisions += 1
         self.plans.append(plan)
         return plan
-
-    @property
-    def react_interval_s(self) -> float | None:
-        """Seconds between reactions to bursts; None when the policy has none."""
-        if not callable(getattr(self.allocation, "react", None)):
-            return None
-        interval = getattr(self.allocation, "react_interval_s", None)
-        return float(interval) if interval else None
 
     def react(self) -> Plan | None:
         """One reaction step (module docstring): the short window's snapshot, the policy's

@@ -136,7 +136,6 @@ import numpy.typing as npt
 
 from coscale.errors import CoscaleError, InvalidInputError
 from coscale.policies.admission import (
-    DEFAULT_PRESSURE_FRACTION,
     AdmitAll,
     DeadlineAdmission,
     WeightedFairQueue,
@@ -150,6 +149,7 @@ from coscale.policies.base import (
     Pool,
     RoutingPolicy,
     VariantOption,
+    reactions_of,
 )
 from coscale.sim.faults import PREEMPTION, FaultModel
 from coscale.sim.kernel import Kernel
@@ -624,14 +624,10 @@ class ClusterSimulator:
         self._decisions = 0
         self._reactions = 0
         self._last_react = 0.0
-        react = getattr(allocation, "react", None)
-        interval = getattr(allocation, "react_interval_s", None)
-        self._react_interval = float(interval) if callable(react) and interval else None
-        gap = getattr(allocation, "pressure_gap_s", None)
-        self._pressure_gap = float(gap) if self._react_interval and gap is not None else None
-        self._pressure_fraction = float(
-            getattr(allocation, "pressure_fraction", DEFAULT_PRESSURE_FRACTION)
-        )
+        reactions = reactions_of(allocation)
+        self._react_interval = reactions.interval_s
+        self._pressure_gap = reactions.pressure_gap_s
+        self._pressure_fraction = reactions.pressure_fraction
         self._pressure_due = False
         self._deferred = 0
         self._faults_n = {"preemption": 0, "failure": 0}

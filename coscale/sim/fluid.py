@@ -90,7 +90,7 @@ import numpy.typing as npt
 from coscale.errors import InvalidInputError
 from coscale.policies.admission import DeadlineAdmission
 from coscale.policies.allocation.capacity import best_effort_rps, capacity_rps
-from coscale.policies.base import AllocationPolicy, Pool, VariantOption
+from coscale.policies.base import AllocationPolicy, Pool, VariantOption, reactions_of
 from coscale.sim.cluster import TIMEOUT_FACTOR, ModelSetup, RequestLog, SimResult
 from coscale.sim.faults import PREEMPTION, FaultModel
 from coscale.sim.profiles import truncate_table
@@ -389,9 +389,7 @@ class FluidSimulator:
         self._decisions = self._deferred = 0
         self._reactions = 0
         self._last_react = 0.0
-        react = getattr(allocation, "react", None)
-        every = getattr(allocation, "react_interval_s", None)
-        self._react_interval = float(every) if callable(react) and every else None
+        self._react_interval = reactions_of(allocation).interval_s
         self._faults_n = {PREEMPTION: 0, "failure": 0}
         self._causes: dict[int, str] = {}
         self._alive_int = 0.0

@@ -282,9 +282,7 @@ class PredictivePolicy:
             context, allow_spot=use_spot, seq_len=seq_len, budget_fraction=budget_fraction
         )
         self._on_demand = {m: o.on_demand() for m, o in self._options.items()}
-        reacts = burst_ratio is not None and any(
-            o.startup_s <= burst_max_startup_s for o in self._options.values()
-        )
+        reacts = burst_ratio is not None and any(map(self._starts_in_time, self._options))
         #: Seconds between :meth:`react` calls (None: the executor does not call it —
         #: reactions off, or no model whose replicas start within ``burst_max_startup_s``).
         self.react_interval_s = burst_window_s if reacts else None
@@ -373,10 +371,10 @@ class PredictivePolicy:
                 if pressed:
                     want = max(want, self._one_more(m.model, mine))
                 prev = replace(prev, burst_rps=want, burst_until=now + self.burst_hold_s)
-                why = f"{floor:.1f} rps at speed {speed:.2f}" if over else ""
-                if pressed:
-                    why += f"{', ' if why else ''}pressure {view.pressure if view else 0}"
-                notes.append(f"{m.model}: burst, {why}")
+                why = [f"{floor:.1f} rps at speed {speed:.2f}"] if over else []
+                if pressed and view is not None:
+                    why.append(f"pressure {view.pressure}")
+                notes.append(f"{m.model}: burst, {', '.join(why)}")
                 changed = True
             models.append((m.model, prev))
         if not changed:
@@ -396,9 +394,13 @@ class PredictivePolicy:
         capacity already coming is given its time)."""
         if self.pressure_gap_s is None or view is None or view.pressure <= 0:
             return False
-        if self._options[model].startup_s > self.burst_max_startup_s:
+        if not self._starts_in_time(model):
             return False
         return not any(r.state is ReplicaState.STARTING for r in replicas)
+
+    def _starts_in_time(self, model: str) -> bool:
+        """Whether every option of ``model`` starts within ``burst_max_startup_s``."""
+        return self._options[model].startup_s <= self.burst_max_startup_s
 
     def _one_more(self, model: str, replicas: list[ReplicaView]) -> float:
         """The READY replicas' expected capacity plus one replica of the model's best
@@ -422,7 +424,7 @@ class PredictivePolicy:
         """(R_b, s) of step 9: the short window's demand floor (0 for a missing model or
         one whose options start slower than ``burst_max_startup_s``) and the model's
         measured speed."""
-        if view is None or self._options[model].startup_s > self.burst_max_startup_s:
+        if view is None or not self._starts_in_time(model):
             return 0.0, 1.0
         floor = max(0.0, view.arrival_rate) + view.queue_length / self.backlog_drain_s
         return floor, self.measured_speed(model, replicas)

@@ -506,3 +506,15 @@ def test_executors_are_not_asked_to_react_when_no_model_starts_within_the_bound(
     assert slow.react_interval_s is None and slow.pressure_gap_s is None
     bounded = PredictivePolicy(context(), burst_ratio=1.0, burst_max_startup_s=60.0)
     assert bounded.react_interval_s == 2.0 and bounded.pressure_gap_s == 0.25
+
+
+def test_executors_read_the_reactions_through_one_function() -> None:
+    from coscale.policies.base import Reactions, reactions_of
+
+    assert reactions_of(PredictivePolicy(FAST, burst_ratio=1.0)) == Reactions(2.0, 0.25, 0.15)
+    assert reactions_of(PredictivePolicy(FAST, burst_ratio=1.0, pressure_gap_s=None)) == Reactions(
+        2.0
+    )
+    assert reactions_of(PredictivePolicy(FAST)) == Reactions()  # no burst_ratio
+    assert reactions_of(PredictivePolicy(context(), burst_ratio=1.0)) == Reactions()  # slow
+    assert reactions_of(object()) == Reactions()  # a policy without react
