@@ -359,6 +359,14 @@ class DeadlineAdmission:
     had to be capped to keep short waits admissible, and at the cap the long waits it
     admitted under overload finished late: admitted p99 518–604 ms for a 500-ms SLO.)
 
+    **Nothing ahead, no margin.** A request that finds every READY replica idle and
+    nothing queued before it (``ahead = 0``) is admitted iff its bare ``service`` fits
+    its deadline. The margin is learned from waits imposed by capacity (below); such a
+    request waits for nothing and teaches nothing, so a margin learned under an overload
+    would otherwise outlive it: after one, an idle replica refused every request whose
+    service alone exceeded a fifth of its budget (32 MiniLM sentences, about 140 ms,
+    against a 500-ms SLO), no promise ever came back, and the held peaks never decayed.
+
     When every READY replica is busy (``outstanding > 0``) the wait is imposed by
     capacity, and the decision carries ``promised_by = predicted``; the executor
     reports each such request that completed as ``(tenant, promised, taken)``: the
@@ -640,7 +648,9 @@ class DeadlineAdmission:
         ahead = queued + sum(r.outstanding for r in ready)
         predicted = now + ahead / speed + min(services)
         cap = self.max_margin_ratio * max(0.0, request.deadline - request.arrival)
-        margin = self._margin(state.of(request.tenant), predicted - now, cap, now)
+        margin = (
+            self._margin(state.of(request.tenant), predicted - now, cap, now) if ahead > 0 else 0.0
+        )
         target = request.deadline - margin
         if predicted <= target:
             busy = all(r.outstanding > 0 for r in ready)  # the wait is capacity's

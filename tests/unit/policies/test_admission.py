@@ -288,9 +288,9 @@ def test_margin_grows_with_the_predicted_time_and_is_reported() -> None:
     d, _ = p.decide(req(deadline=10.46), _one_replica(queue=30), state)
     assert not d.admit and "0.155 s margin" in d.reason
     assert d.retry_after_s == pytest.approx(10.31 - (10.46 - 0.155))
-    # an empty queue: predicted 10.01, margin only 0.005 s
-    assert p.decide(req(deadline=10.016), _one_replica(queue=0), state)[0].admit
-    assert not p.decide(req(deadline=10.014), _one_replica(queue=0), state)[0].admit
+    # one request queued: predicted 10.02, margin only 0.01 s
+    assert p.decide(req(deadline=10.031), _one_replica(queue=1), state)[0].admit
+    assert not p.decide(req(deadline=10.029), _one_replica(queue=1), state)[0].admit
     # without the stretch the queue-30 request fits
     assert (
         DeadlineAdmission(min_samples=0, latencies=TABLES)
@@ -307,9 +307,9 @@ def test_margin_is_the_smaller_of_the_proportional_and_the_additive_bound() -> N
     assert p.decide(req(deadline=10.41), _one_replica(queue=30), state)[0].admit
     d, _ = p.decide(req(deadline=10.40), _one_replica(queue=30), state)
     assert not d.admit and "0.100 s margin" in d.reason
-    # an empty queue: predicted 10.01, proportional 4 × 0.01 = 0.04 < 0.1
-    assert p.decide(req(deadline=10.051), _one_replica(queue=0), state)[0].admit
-    assert not p.decide(req(deadline=10.049), _one_replica(queue=0), state)[0].admit
+    # one request queued: predicted 10.02, proportional 4 × 0.02 = 0.08 < 0.1
+    assert p.decide(req(deadline=10.101), _one_replica(queue=1), state)[0].admit
+    assert not p.decide(req(deadline=10.099), _one_replica(queue=1), state)[0].admit
 
 
 def test_stretch_is_never_below_one() -> None:
@@ -403,6 +403,27 @@ def test_only_waits_for_busy_replicas_are_learned_from() -> None:
     )
     d, _ = p.decide(req(deadline=11.0), one_free, None)
     assert d.admit and d.promised_by is None
+
+
+def test_a_request_with_nothing_ahead_gets_no_margin() -> None:
+    # a margin learned under overload (stretch 5) and an untested one (stretch 2) both
+    # refuse a 0.3-s service within a 0.5-s budget once anything waits; with every
+    # replica idle and nothing queued, the bare service decides
+    slow = {("fp32-eager", "cpu"): flat(0.3)}
+    learned = DeadlineAdmission(latencies=slow, min_samples=0)
+    untested = DeadlineAdmission(latencies=slow)
+    idle = Snapshot(10.0, (ModelView("m", 0.0, queue_length=0),), (rep("a", capacity_rps=100.0),))
+    for p, state in ((learned, _stretched(5.0, error=1.0)), (untested, None)):
+        d, _ = p.decide(req(deadline=10.5), idle, state)
+        assert d.admit and d.promised_by is None
+        queued = Snapshot(
+            10.0, (ModelView("m", 0.0, queue_length=1),), (rep("a", capacity_rps=100.0),)
+        )
+        assert not p.decide(req(deadline=10.5), queued, state)[0].admit
+        busy = Snapshot(10.0, idle.models, (rep("a", capacity_rps=100.0, outstanding=1),))
+        assert not p.decide(req(deadline=10.5), busy, state)[0].admit
+    # the bare service must still fit
+    assert not untested.decide(req(deadline=10.29), idle, None)[0].admit
 
 
 def test_stretch_is_the_initial_one_until_min_samples_reports() -> None:
