@@ -71,6 +71,7 @@ from torch import nn
 from coscale.accel import onnxrt, sentences
 from coscale.accel.base import BASELINE_VARIANT, Fidelity, ModelFamily, Variant
 from coscale.accel.cache import atomic_write_bytes, cache_dir, sha256_file
+from coscale.accel.textbatch import run_by_length
 from coscale.errors import CoscaleError, InvalidInputError, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -264,9 +265,11 @@ class TorchEmbeddingVariant(Variant):
         texts = _check_texts(batch)
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        feeds = self.tokenizer.encode(texts)
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
+        return run_by_length(self.tokenizer.encode(texts), self._run, EMBEDDING_DIM)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
             out = self.module(*(torch.from_numpy(feeds[k]) for k in INPUT_NAMES))
         return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
@@ -295,7 +298,10 @@ class OnnxEmbeddingVariant(Variant):
         texts = _check_texts(batch)
         if not texts:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        out = self.session.run([OUTPUT_NAME], self.tokenizer.encode(texts))[0]
+        return run_by_length(self.tokenizer.encode(texts), self._run, EMBEDDING_DIM)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.session.run([OUTPUT_NAME], feeds)[0]
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def size_bytes(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,6 +102,32 @@ def test_padding_to_longest_matches_one_at_a_time(
         batched = variants[name].predict(TEXTS)
         single = np.concatenate([variants[name].predict([t]) for t in TEXTS])
         np.testing.assert_allclose(batched, single, atol=1e-5, err_msg=name)
+
+
+def test_a_batch_runs_in_length_sorted_runs_with_the_padded_result(
+    variants: dict[str, Variant], family: MiniLMFamily
+) -> None:
+    texts = [*TEXTS, " ".join(["word"] * 150)]  # one long text among short ones
+    feeds = family.tokenizer.encode(texts)
+    for name in ("fp32-eager", "onnx-fp32"):
+        variant = variants[name]
+        widths: list[int] = []
+        run = variant._run  # type: ignore[attr-defined]
+
+        def counted(
+            part: dict[str, np.ndarray], run: Any = run, widths: list[int] = widths
+        ) -> np.ndarray:
+            widths.append(part["input_ids"].shape[1])
+            return run(part)  # type: ignore[no-any-return]
+
+        padded = run(feeds)
+        variant._run = counted  # type: ignore[attr-defined]
+        try:
+            split = variant.predict(texts)
+        finally:
+            del variant._run  # type: ignore[attr-defined]
+        assert len(widths) >= 2 and max(widths[:-1]) < 64 < widths[-1]  # short ones apart
+        np.testing.assert_allclose(split, padded, atol=1e-5, err_msg=name)
 
 
 def test_long_text_is_truncated_to_max_seq_len(family: MiniLMFamily) -> None:

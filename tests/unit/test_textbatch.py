@@ -1,0 +1,75 @@
+"""Length-sorted runs of a text batch (coscale.accel.textbatch)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coscale.accel.textbatch import length_runs, run_by_length
+
+
+def _cost(lengths: list[int], runs: list[np.ndarray], overhead: float) -> float:
+    return sum(overhead + len(r) * max(lengths[i] for i in r) for r in runs)
+
+
+def _brute_best(lengths: list[int], overhead: float) -> float:
+    """Least cost over every way of cutting the sorted lengths into contiguous runs."""
+    values = sorted(lengths)
+    n = len(values)
+    best = float("inf")
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        cost, start = 0.0, 0
+        for i in range(1, n + 1):
+            if i == n or cuts[i - 1]:
+                cost += overhead + (i - start) * values[i - 1]
+                start = i
+        best = min(best, cost)
+    return best
+
+
+@given(st.lists(st.integers(2, 64), min_size=1, max_size=9), st.sampled_from([0.0, 8.0, 50.0]))
+def test_runs_partition_the_batch_at_the_least_modelled_cost(
+    lengths: list[int], overhead: float
+) -> None:
+    runs = length_runs(lengths, overhead)
+    positions = sorted(int(i) for r in runs for i in r)
+    assert positions == list(range(len(lengths)))
+    longest = [max(lengths[i] for i in r) for r in runs]
+    assert longest == sorted(longest)  # runs in increasing length
+    assert _cost(lengths, runs, overhead) == pytest.approx(_brute_best(lengths, overhead))
+
+
+def test_equal_lengths_and_a_short_outlier() -> None:
+    assert [list(r) for r in length_runs([16] * 5)] == [[0, 1, 2, 3, 4]]
+    assert length_runs([]) == []
+    # one 200-token text among 31 of 20 tokens: padding all to 200 costs 6,400 slots,
+    # two runs 8 + 31 × 20 + 8 + 200 = 836
+    runs = length_runs([20] * 15 + [200] + [20] * 16)
+    assert [len(r) for r in runs] == [31, 1] and list(runs[1]) == [15]
+    # a large overhead keeps everything in one run
+    assert len(length_runs([20, 21, 22, 23], overhead=100.0)) == 1
+
+
+def test_run_by_length_returns_rows_in_their_order_cut_to_each_runs_longest() -> None:
+    rng = np.random.default_rng(3)
+    lengths = np.array([3, 40, 5, 5, 38, 12, 3])
+    width = int(lengths.max())
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, 1000, size=(len(lengths), width)) * mask
+    seen: list[int] = []
+
+    def masked_mean(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        m = feeds["attention_mask"]
+        seen.append(m.shape[1])
+        assert (m.sum(axis=1) > 0).all() and m[:, -1].any()  # cut to the run's longest
+        mean = (feeds["input_ids"] * m).sum(axis=1) / m.sum(axis=1)
+        return np.stack([mean, m.sum(axis=1)], axis=1).astype(np.float32)
+
+    out = run_by_length({"input_ids": ids, "attention_mask": mask}, masked_mean, 2)
+    whole = masked_mean({"input_ids": ids, "attention_mask": mask})
+    np.testing.assert_allclose(out, whole, rtol=1e-6)
+    assert seen[:-1] == [5, 12, 40]  # runs (3, 3, 5, 5), (12), (38, 40); then the whole
