@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RUN_OVERHEAD_TOKENS", "length_runs", "run_by_length"]
+__all__ = ["RUN_OVERHEAD_TOKENS", "length_runs", "padded_length", "run_by_length"]
 
 #: Fixed cost of one more run, in token slots (module docstring).
 RUN_OVERHEAD_TOKENS = 8.0
@@ -49,17 +49,24 @@ Feeds = Mapping[str, npt.NDArray[np.int64]]
 
 
 def length_runs(
-    lengths: Sequence[int] | npt.NDArray[np.integer], overhead: float = RUN_OVERHEAD_TOKENS
+    lengths: Sequence[int] | npt.NDArray[np.integer],
+    overhead: float = RUN_OVERHEAD_TOKENS,
+    counts: Sequence[int] | npt.NDArray[np.integer] | None = None,
 ) -> list[npt.NDArray[np.intp]]:
-    """The items' positions grouped into length-sorted runs of least modelled cost
+    """The entries' positions grouped into length-sorted runs of least modelled cost
     (module docstring); every position appears in exactly one run, runs in increasing
-    length. O(n log n + D²)."""
+    length. Entry i stands for ``counts[i]`` rows of ``lengths[i]`` tokens (default one
+    row each: a request of several items at one length). O(n log n + D²)."""
     values = np.asarray(lengths, dtype=np.int64)
     if values.size == 0:
         return []
+    weights = np.ones_like(values) if counts is None else np.asarray(counts, dtype=np.int64)
     order = np.argsort(values, kind="stable")
-    levels, counts = np.unique(values[order], return_counts=True)
-    cumulative = np.concatenate(([0], np.cumsum(counts)))
+    sorted_values = values[order]
+    levels, starts = np.unique(sorted_values, return_index=True)
+    rows_per_level = np.add.reduceat(weights[order], starts)
+    entries = np.concatenate((starts, [values.size]))  # entry positions of each level
+    cumulative = np.concatenate(([0], np.cumsum(rows_per_level)))
     best = np.zeros(len(levels) + 1)
     cut = np.zeros(len(levels) + 1, dtype=np.intp)
     for k in range(1, len(levels) + 1):
@@ -70,9 +77,21 @@ def length_runs(
     k = len(levels)
     while k > 0:
         j = cut[k]
-        runs.append(order[cumulative[j] : cumulative[k]])
+        runs.append(order[entries[j] : entries[k]])
         k = j
     return runs[::-1]
+
+
+def padded_length(lengths: Sequence[int] | npt.NDArray[np.integer]) -> int:
+    """Token slots per item that a batch of texts of these ``lengths`` pays for when run
+    in :func:`length_runs`: ``ceil(Σ_runs rows × longest / rows in all)`` (the runs'
+    fixed overhead left out: a latency table at this length and the batch's row count
+    carries its own). Equal lengths → that length; no items → 0. O(n log n + D²)."""
+    values = np.asarray(lengths, dtype=np.int64)
+    if values.size == 0:
+        return 0
+    slots = sum(len(run) * int(values[run].max()) for run in length_runs(values))
+    return -(-slots // values.size)
 
 
 def run_by_length(

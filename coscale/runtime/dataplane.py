@@ -109,6 +109,7 @@ from typing import Any
 import numpy as np
 
 from coscale.accel.base import ModelFamily
+from coscale.accel.textbatch import padded_length
 from coscale.backends.base import Backend, Replica, ReplicaDied, ReplicaSpec
 from coscale.clock import Clock, Timer
 from coscale.errors import CoscaleError, InvalidInputError, UnknownModelError
@@ -131,7 +132,7 @@ from coscale.runtime.contract import (
     ReplicaFailure,
 )
 from coscale.sim.cluster import ModelSetup
-from coscale.sim.profiles import max_seq_len, truncate_table
+from coscale.sim.profiles import batch_latency, max_seq_len, truncate_table
 from coscale.sim.replicas import EWMA_ALPHA
 from coscale.telemetry.records import (
     ModelWindow,
@@ -374,14 +375,16 @@ def _groups(pendings: Sequence[Pending]) -> list[list[int]]:
 
 
 def _seq_len(family: ModelFamily, native: Any, limit: int) -> int:
-    """Longest item of a text request in tokens (clamped to ``limit``); 0 for arrays."""
+    """A text request's token slots per item (clamped to ``limit``): its texts' lengths
+    as the worker runs them, in length-sorted runs (:func:`padded_length`; one text →
+    its length); 0 for arrays."""
     if limit <= 0 or not isinstance(native, list):
         return 0
     tokenizer = getattr(family, "tokenizer", None)
     count = getattr(tokenizer, "count", None)
     if count is None:
         return 0
-    return min(limit, max(int(count(text)) for text in native))
+    return padded_length([min(limit, int(count(text))) for text in native])
 
 
 # ------------------------------------------------------------------------------ one model
@@ -773,7 +776,7 @@ class DataPlane:
         pendings = tuple(lane.pending[req.id] for req in batch.requests)
         for p in pendings:
             p.queued = False
-        predicted = r.option.latency.latency(batch.items, batch.seq_len)
+        predicted = batch_latency(r.option.latency, batch)
         r.local.append(Dispatch(batch, pendings, predicted, now))
         r.outstanding += len(pendings)
         r.pending_work_s += predicted

@@ -7,7 +7,9 @@ sequence length ``s`` in::
 
     service(b, s) = L_v(b, s) / speedup_n + overhead_backend
 
-where ``L_v`` is the variant's measured :class:`~coscale.types.LatencyTable` (the p50
+(a batch of text requests of different lengths: :func:`batch_latency`, the sum over
+the length-sorted runs the worker splits it into) where ``L_v`` is the variant's
+measured :class:`~coscale.types.LatencyTable` (the p50
 batch latencies of its profile, :func:`coscale.catalog.profiles.latency_table`, measured
 on the catalog's reference machine), ``speedup_n`` is the node type's ``speedup``
 (1.0 for the reference type) and ``overhead_backend`` is the per-batch cost of the live
@@ -50,12 +52,13 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
+from coscale.accel.textbatch import length_runs
 from coscale.catalog import Catalog
 from coscale.catalog.profiles import ProfileFile, latency_table, load_profile
 from coscale.config import ModelSpec, NodePool
 from coscale.errors import ProfileError
 from coscale.policies.base import VariantOption
-from coscale.types import LatencyTable
+from coscale.types import Batch, LatencyTable
 
 __all__ = [
     "BACKEND_OVERHEAD_S",
@@ -64,6 +67,7 @@ __all__ = [
     "MeasuredVariant",
     "MemoLatencyTable",
     "backend_overhead_s",
+    "batch_latency",
     "batch_limit",
     "clamp_seq_len",
     "find_profile",
@@ -117,6 +121,26 @@ def scale_table(table: LatencyTable, speedup: float, overhead_s: float = 0.0) ->
         )
     rows = tuple(tuple(x / speedup + overhead_s for x in row) for row in table.latency_s)
     return MemoLatencyTable(table.batch_sizes, table.seq_lens, rows)
+
+
+def batch_latency(table: LatencyTable, batch: Batch) -> float:
+    """Predicted seconds of ``batch`` on ``table``'s replica, run as the worker runs it:
+    a text model's worker splits a batch into length-sorted runs, each padded to its own
+    longest item (:func:`coscale.accel.textbatch.length_runs`), so a batch whose
+    requests differ in ``seq_len`` costs ``Σ_runs L(rows_r, longest_r)`` — the same
+    partition, over the requests' lengths weighted by their items. Requests of one
+    length (every array model: ``seq_len`` 0) → ``L(items, seq_len)``, one lookup.
+    O(1) then; O(n log n + D²) for n requests of D lengths otherwise."""
+    requests = batch.requests
+    first = requests[0].seq_len if requests else 0
+    if all(r.seq_len == first for r in requests):
+        return table.latency(batch.items, first)
+    lengths = [r.seq_len for r in requests]
+    items = [r.items for r in requests]
+    total = 0.0
+    for run in length_runs(lengths, counts=items):
+        total += table.latency(sum(items[i] for i in run), max(lengths[i] for i in run))
+    return total
 
 
 def backend_overhead_s(backend: str) -> float:

@@ -73,6 +73,7 @@ from coscale.policies.routing import (
     ReadyViews,
     RoundRobin,
 )
+from coscale.sim.profiles import batch_latency
 from coscale.types import Batch, LatencyTable, ReplicaState, ReplicaView
 
 __all__ = [
@@ -272,9 +273,9 @@ class Group:
         return admission_capacity(self.capacity_rps, rate, self.items_ewma, batch_limit)
 
     def service_s(self, batch: Batch) -> float:
-        """Seconds this group's replicas take to run ``batch`` (padded to its longest
-        item): its table's latency × ``scale``."""
-        return self.table.latency(batch.items, batch.seq_len) * self.scale
+        """Seconds this group's replicas take to run ``batch`` (in length-sorted runs,
+        :func:`~coscale.sim.profiles.batch_latency`): its table's latency × ``scale``."""
+        return batch_latency(self.table, batch) * self.scale
 
     def index(self, r: SimReplica) -> None:
         """(Re)index ``r`` after a change (its version was bumped by the caller)."""

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coscale.accel.textbatch import length_runs, run_by_length
+from coscale.accel.textbatch import length_runs, padded_length, run_by_length
+from coscale.sim.profiles import batch_latency
+from coscale.types import Batch, LatencyTable, Request
 
 
 def _cost(lengths: list[int], runs: list[np.ndarray], overhead: float) -> float:
@@ -73,3 +75,30 @@ def test_run_by_length_returns_rows_in_their_order_cut_to_each_runs_longest() ->
     whole = masked_mean({"input_ids": ids, "attention_mask": mask})
     np.testing.assert_allclose(out, whole, rtol=1e-6)
     assert seen[:-1] == [5, 12, 40]  # runs (3, 3, 5, 5), (12), (38, 40); then the whole
+
+
+def test_padded_length_is_the_slots_per_item_of_the_runs() -> None:
+    assert padded_length([]) == 0
+    assert padded_length([37]) == 37
+    assert padded_length([16, 16, 16]) == 16
+    # 31 texts of 20 tokens and one of 200: two runs, (31 × 20 + 200) / 32 = 25.6 → 26
+    assert padded_length([20] * 31 + [200]) == 26
+
+
+def test_a_batch_of_mixed_lengths_costs_its_runs() -> None:
+    table = LatencyTable((1, 8, 32), (16, 256), ((1.0, 8.0, 32.0), (16.0, 128.0, 512.0)))
+
+    def batch(*parts: tuple[int, int]) -> Batch:
+        return Batch(
+            "m",
+            tuple(Request(i, "m", 0.0, 1.0, items=n, seq_len=s) for i, (n, s) in enumerate(parts)),
+        )
+
+    assert batch_latency(table, batch((4, 16), (4, 16))) == table.latency(8, 16)
+    assert batch_latency(table, batch()) == table.latency(0, 0)
+    # 31 items at 16 tokens and one at 256: 31 × 1.0 + 16 rather than 32 × 16
+    mixed = batch((31, 16), (1, 256))
+    assert batch_latency(table, mixed) == pytest.approx(
+        table.latency(31, 16) + table.latency(1, 256)
+    )
+    assert batch_latency(table, mixed) < table.latency(32, 256) / 10
