@@ -130,7 +130,7 @@ CALIBRATION_FEED = 32
 #: Bump when the training code changes in a way that changes the weights.
 TRAINING_FORMAT = 1
 #: Bump when the way artifacts are built from the weights changes (in their file names).
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2
 DIGEST_CHARS = 16
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
@@ -692,13 +692,18 @@ class DigitsFamily(ModelFamily):
         ]
 
     def _static_int8(self, fp32: Path, dst: Path) -> None:
-        """QDQ int8, per-channel, calibrated on the calibration split; Softmax kept fp32."""
+        """QDQ int8, per-channel, calibrated on the calibration split; Softmax kept fp32;
+        7-bit weights where this CPU's int8 kernels saturate (:func:`onnxrt.saturating_int8`)."""
         import onnx
 
         softmax = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Softmax"]
         with _quiet_quantizer():
             onnxrt.quantize_static_file(
-                fp32, dst, self._calibration_feeds(), per_channel=True, nodes_to_exclude=softmax
+                fp32,
+                dst,
+                self._calibration_feeds(),
+                per_channel=True,
+                nodes_to_exclude=softmax,
             )
 
     def _dynamic_int8(self, fp32: Path, dst: Path) -> None:

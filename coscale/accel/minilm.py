@@ -85,7 +85,7 @@ FIDELITY_BATCH = 32
 CALIBRATION_SENTENCES = 128
 CALIBRATION_BATCH = 16
 #: Bump when the export or quantization recipe changes, to orphan old cached files.
-ARTIFACT_FORMAT = 2
+ARTIFACT_FORMAT = 3
 DIGEST_CHARS = 16
 INPUT_NAMES: tuple[str, str] = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embedding"

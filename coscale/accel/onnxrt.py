@@ -8,6 +8,8 @@
   quantization; per-channel weights by default (per-tensor loses too much fidelity on
   MiniLM: mean cosine 0.966 vs 0.993 per-channel, measured here). Static quantization
   is calibrated on real held-out inputs (MinMax) in QDQ format.
+* :func:`saturating_int8`: whether this CPU's int8 kernels can saturate (x86 without
+  VNNI), where static quantization should use ``reduce_range`` (7-bit weights).
 """
 
 from __future__ import annotations
@@ -83,12 +85,23 @@ def make_session(path: Path, *, threads: int = 1, optimize: bool = True) -> ort.
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def quantize_dynamic_file(src: Path, dst: Path, *, per_channel: bool = True) -> Path:
-    """Dynamic int8 (weights int8 offline, activations quantized at run time)."""
+def quantize_dynamic_file(
+    src: Path, dst: Path, *, per_channel: bool = True, reduce_range: bool | None = None
+) -> Path:
+    """Dynamic int8 (weights int8 offline, activations quantized at run time);
+    ``reduce_range`` None: 7-bit weights where this CPU's int8 kernels saturate
+    (:func:`saturating_int8`; a small MLP's minimum cosine to fp32 0.86 → above 0.98
+    on an AVX2-only CPU, MiniLM's unchanged: mean 0.9919 / 0.9916)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.onnx")
-    quantize_dynamic(src, tmp, per_channel=per_channel, weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        src,
+        tmp,
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        reduce_range=saturating_int8() if reduce_range is None else reduce_range,
+    )
     os.replace(tmp, dst)
     return dst
 
@@ -118,6 +131,7 @@ def quantize_static_file(
     op_types: Sequence[str] | None = None,
     unsigned_activations: bool = False,
     qdq: bool = True,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Static int8 in QDQ format, activations calibrated (MinMax) on ``calibration`` feeds.
 
@@ -125,7 +139,9 @@ def quantize_static_file(
     output would no longer sum to 1). ``op_types``: quantize only nodes of these op types
     (None: every op type ORT can quantize). ``unsigned_activations``: uint8 activations
     (U8S8, the fast path of ORT's x86 kernels; measured 1.6x faster than S8S8 on
-    MiniLM) instead of int8. ``qdq=False``: QOperator format (QLinearMatMul, …)."""
+    MiniLM) instead of int8. ``qdq=False``: QOperator format (QLinearMatMul, …).
+    ``reduce_range``: 7-bit weights; None: where this CPU's int8 kernels saturate
+    (:func:`saturating_int8`)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -148,6 +164,25 @@ def quantize_static_file(
         extra_options=dict(extra_options or {}),
         nodes_to_exclude=list(nodes_to_exclude),
         op_types_to_quantize=list(op_types) if op_types is not None else None,
+        reduce_range=saturating_int8() if reduce_range is None else reduce_range,
     )
     os.replace(tmp, dst)
     return dst
+
+
+#: x86 flags whose int8 dot products accumulate in 32 bits (no saturation).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def saturating_int8() -> bool:
+    """Whether ONNX Runtime's x86 int8 kernels may saturate here: an x86 CPU with AVX2 but
+    none of :data:`VNNI_FLAGS` multiplies u8 × s8 pairs with ``vpmaddubsw``, whose 16-bit
+    sums of two products overflow for large weights and activations. Static quantization
+    then takes 7-bit weights (ONNX Runtime's ``reduce_range``), which cannot overflow.
+    Measured on an AMD EPYC with AVX2 only (digits-cnn, 360 test images, argmax agreement
+    with fp32): ``pruned-structured-int8`` 0.972 → 0.994, ``onnx-int8-static`` 0.989 →
+    1.000. ARM and CPUs with VNNI → False."""
+    from coscale.accel.hardware import hardware_info
+
+    flags = set(hardware_info()["flags"])
+    return "avx2" in flags and not flags & VNNI_FLAGS
