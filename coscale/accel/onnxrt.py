@@ -177,8 +177,9 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 def saturating_int8() -> bool:
     """Whether ONNX Runtime's x86 int8 kernels may saturate here: an x86 CPU with AVX2 but
     none of :data:`VNNI_FLAGS` multiplies u8 × s8 pairs with ``vpmaddubsw``, whose 16-bit
-    sums of two products overflow for large weights and activations. Static quantization
-    then takes 7-bit weights (ONNX Runtime's ``reduce_range``), which cannot overflow.
+    sums of two products overflow for large weights and activations. Quantization (static
+    and dynamic) then takes 7-bit weights (ONNX Runtime's ``reduce_range``), which cannot
+    overflow.
     Measured on an AMD EPYC with AVX2 only (digits-cnn, 360 test images, argmax agreement
     with fp32): ``pruned-structured-int8`` 0.972 → 0.994, ``onnx-int8-static`` 0.989 →
     1.000. ARM and CPUs with VNNI → False."""

@@ -51,7 +51,9 @@ Pipeline of one request
    the queue and dispatch is retried after ``retry_after_s``. A batch routed to a busy
    replica waits in that replica's FIFO (so the free replica may take the next batch).
 6. **Service**: ``latency(items, padded seq_len) / speedup`` from the option's table
-   (:mod:`~coscale.sim.profiles`), deterministic. **Completion**: every request of the
+   (:mod:`~coscale.sim.profiles`; requests of different lengths: the sum over the
+   worker's length-sorted runs, :func:`~coscale.sim.profiles.batch_latency`),
+   deterministic. **Completion**: every request of the
    batch is COMPLETED then — also when it is past its deadline (it then misses the SLO).
 
 Control loop
