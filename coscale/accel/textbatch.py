@@ -87,9 +87,12 @@ def padded_length(lengths: Sequence[int] | npt.NDArray[np.integer]) -> int:
     in :func:`length_runs`: ``ceil(Σ_runs rows × longest / rows in all)`` (the runs'
     fixed overhead left out: a latency table at this length and the batch's row count
     carries its own). Equal lengths → that length; no items → 0. O(n log n + D²)."""
-    values = np.asarray(lengths, dtype=np.int64)
-    if values.size == 0:
+    if len(lengths) == 0:
         return 0
+    first = int(lengths[0])
+    if all(int(n) == first for n in lengths):  # one text, or one length: no runs to find
+        return first
+    values = np.asarray(lengths, dtype=np.int64)
     slots = sum(len(run) * int(values[run].max()) for run in length_runs(values))
     return -(-slots // values.size)
 
