@@ -656,8 +656,10 @@ class DigitsFamily(ModelFamily):
     # -- artifacts ----------------------------------------------------------
 
     def artifact_path(self, variant: str, root: Path | None = None) -> Path:
-        """``{root}/{digest[:16]}-{variant}.v{ARTIFACT_FORMAT}.onnx``: tied to the weights."""
-        name = f"{self.digest[:DIGEST_CHARS]}-{variant}.v{ARTIFACT_FORMAT}.onnx"
+        """``{root}/{digest[:16]}-{variant}{tag}.v{ARTIFACT_FORMAT}.onnx``: tied to the
+        weights; ``tag`` = :func:`onnxrt.int8_weights_tag` (7-bit int8 weights or not)."""
+        tag = onnxrt.int8_weights_tag(variant)
+        name = f"{self.digest[:DIGEST_CHARS]}-{variant}{tag}.v{ARTIFACT_FORMAT}.onnx"
         return (root or self.cache_root) / name
 
     def _artifact(self, variant: str, root: Path | None, make: Callable[[Path], None]) -> Path:

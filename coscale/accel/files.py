@@ -174,7 +174,12 @@ class _TensorFamily(ModelFamily):
         return self._digest
 
     def artifact_path(self, variant: str, root: Path | None = None) -> Path:
-        name = f"{self.digest[:DIGEST_CHARS]}-{variant}.v{ARTIFACT_FORMAT}.onnx"
+        """``{root}/{digest[:16]}-{variant}{tag}.v{ARTIFACT_FORMAT}.onnx``, ``tag`` =
+        :func:`onnxrt.int8_weights_tag` (7-bit int8 weights or not)."""
+        from coscale.accel import onnxrt
+
+        tag = onnxrt.int8_weights_tag(variant)
+        name = f"{self.digest[:DIGEST_CHARS]}-{variant}{tag}.v{ARTIFACT_FORMAT}.onnx"
         folder = root or cache_dir("models", "files")
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name

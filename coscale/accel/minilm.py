@@ -41,7 +41,8 @@ Variants (canonical names from :data:`coscale.accel.base.VARIANT_DESCRIPTIONS`):
 
 Exported and quantized graphs are cached in ``cache_dir("models", "minilm")`` (under
 ``$COSCALE_HOME``) as ``{sha256(model.safetensors)[:16]}-{variant}.v{ARTIFACT_FORMAT}.onnx``
-(the static one also names a digest of its calibration sentences), each with a
+(the static one also names a digest of its calibration sentences; an int8 one made with
+7-bit weights carries ``-w7``, :func:`coscale.accel.onnxrt.int8_weights_tag`), each with a
 ``.sha256`` sidecar; a missing or mismatching sidecar means rebuild.
 
 Fidelity: mean and minimum cosine between the variant's and the baseline's embeddings
@@ -443,6 +444,7 @@ class MiniLMFamily(ModelFamily):
         if variant == "onnx-int8-static":
             calib = "\n".join(sentences.calibration_set(self.calibration_size))
             tag += f"-c{hashlib.sha256(calib.encode()).hexdigest()[:8]}"
+        tag += onnxrt.int8_weights_tag(variant)
         name = f"{self.digest[:DIGEST_CHARS]}-{tag}.v{ARTIFACT_FORMAT}.onnx"
         folder = root or self.cache_root
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@
   MiniLM: mean cosine 0.966 vs 0.993 per-channel, measured here). Static quantization
   is calibrated on real held-out inputs (MinMax) in QDQ format.
 * :func:`saturating_int8`: whether this CPU's int8 kernels can saturate (x86 without
-  VNNI), where static quantization should use ``reduce_range`` (7-bit weights).
+  VNNI), where static quantization should use ``reduce_range`` (7-bit weights);
+  :func:`int8_weights_tag` names the cached graphs made that way.
 """
 
 from __future__ import annotations
@@ -187,3 +188,16 @@ def saturating_int8() -> bool:
 
     flags = set(hardware_info()["flags"])
     return "avx2" in flags and not flags & VNNI_FLAGS
+
+
+#: Marks a cached int8 graph quantized with 7-bit weights (:func:`int8_weights_tag`).
+REDUCED_RANGE_TAG = "-w7"
+
+
+def int8_weights_tag(variant: str) -> str:
+    """The part of a cached artifact's name that says how its int8 weights were made:
+    :data:`REDUCED_RANGE_TAG` for a variant whose name contains ``int8`` where
+    :func:`saturating_int8` holds (7-bit weights), else ``""``. A cache shared between a
+    CPU with VNNI and one without (a copied ``COSCALE_HOME``, a network home) then keeps
+    one graph of each kind instead of serving the other machine's."""
+    return REDUCED_RANGE_TAG if "int8" in variant and saturating_int8() else ""
