@@ -155,6 +155,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 import numpy.typing as npt
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coscale.clock import Clock, SystemClock
@@ -779,7 +780,7 @@ def check_outputs(
     if binary:
         return _check_npy_outputs(body, items, labels)
     try:
-        outputs = json.loads(body)["outputs"]
+        outputs = orjson.loads(body)["outputs"]  # 10× json.loads on embeddings
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return False, -1
     if not isinstance(outputs, list) or len(outputs) != items:

@@ -863,7 +863,7 @@ class DataPlane:
             if p.done:
                 continue
             try:
-                result = out if p.raw else lane.family.render_outputs(out)
+                result = out if p.raw else _render_json(lane.family, out)
             except Exception as exc:
                 log.exception("rendering outputs of %s failed", lane.name)
                 fail = ReplicaFailure(f"could not render the outputs of {lane.name!r}: {exc}")
@@ -1164,6 +1164,15 @@ class DataPlane:
         if pending:
             await asyncio.wait(pending, timeout=timeout_s)
         return left
+
+
+def _render_json(family: ModelFamily, out: Any) -> list[dict[str, Any]]:
+    """One request's outputs rendered for a JSON answer; outputs that are not all finite
+    raise ValueError (JSON has no NaN or infinity, and the encoder would write them as
+    ``null``): the request is answered 502 ``replica_failure`` naming the cause."""
+    if isinstance(out, np.ndarray) and out.dtype.kind == "f" and not np.isfinite(out).all():
+        raise ValueError("the model produced non-finite values (NaN or infinity)")
+    return family.render_outputs(out)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

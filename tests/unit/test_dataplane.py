@@ -617,3 +617,56 @@ def test_requests_of_different_shapes_share_a_dispatch_but_never_an_array(
         assert await plane.close() == 0
 
     asyncio.run(main())
+
+
+class LogOf(torch.nn.Module):
+    """The natural logarithm of each feature: −inf at 0, NaN below."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+def test_non_finite_outputs_fail_a_json_answer_and_pass_a_raw_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON cannot carry NaN or infinity: a JSON request whose outputs are not all finite
+    is answered ReplicaFailure naming the cause (never a silently nulled number), while
+    the same outputs reach a raw (.npy) request as they are, and finite ones render."""
+    monkeypatch.setenv("COSCALE_HOME", str(tmp_path / "home"))
+    path = export_onnx(
+        LogOf(),
+        (torch.ones(2, 3),),
+        tmp_path / "log.onnx",
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )
+    family = get_family(str(path))
+    variant = family.variant_names()[0]
+    table = LatencyTable((1,), (0,), ((0.001,),))
+    option = VariantOption("log", variant, load_catalog().local(), table, 1.0)
+    setup = ModelSetup(
+        name="log",
+        slo_s=1.0,
+        options=(option,),
+        routing=RoundRobin(),
+        batching=NoBatching(),
+        admission=AdmitAll(),
+        max_batch=8,
+        batch_limit=8,
+    )
+    plane = DataPlane([(setup, family, str(path))], InProcessBackend(), SystemClock(), Telemetry())
+
+    async def main() -> None:
+        plane.bind()
+        replica = plane.start_replica("log", variant, option.node.name)
+        assert replica.task is not None and await replica.task
+        finite = await plane.submit("log", [[1.0, 2.0, 4.0]])
+        assert finite[0]["output"] == pytest.approx(np.log([1.0, 2.0, 4.0]).tolist())
+        with pytest.raises(ReplicaFailure, match="non-finite"):
+            await plane.submit("log", [[0.0, 1.0, 2.0]])
+        raw = await plane.submit("log", np.array([[0.0, 1.0, 2.0]], np.float32), raw=True)
+        assert np.isneginf(raw[0][0]) and raw[0][1] == 0.0
+        assert await plane.close() == 0
+
+    asyncio.run(main())
