@@ -43,7 +43,8 @@ Every error, whatever raised it, is a JSON body ``{"error": code, "message": tex
                                        header in whole seconds (≥ 1)
 429    ``rate_limited``,               the tenant is over its rate limit or quota
        ``quota_exceeded``              (``Retry-After`` unless the quota is for the run)
-502    ``replica_failure``             the batch failed on every replica tried
+502    ``replica_failure``             the batch failed on every replica tried, or its
+                                       outputs are not finite (JSON has no NaN)
 503    ``not_ready``                   no serving replica yet, or shutting down
 504    ``deadline_exceeded``           the deadline passed before the answer
 500    ``internal``                    an unexpected exception (logged with its traceback)
