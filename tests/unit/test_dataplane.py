@@ -446,6 +446,10 @@ def test_admission_learns_from_kept_promises_and_sees_each_tenants_queue(
 
 
 def test_a_replica_killed_while_holding_batches_loses_nothing(digits_profile: ProfileFile) -> None:
+    """Each request waits up to 30 s (not the default 10 × the 50-ms SLO): what is tested
+    is that the killed replica's batches are retried and none is lost, not how fast the
+    survivor drains 300 requests while the replacement starts beside it (once, in a full
+    CI run on two cores, 172 of them passed the default 0.5 s before they started)."""
     system = make(
         digits_profile,
         replicas=2,
@@ -455,7 +459,10 @@ def test_a_replica_killed_while_holding_batches_loses_nothing(digits_profile: Pr
     async def body(s: ServingSystem) -> None:
         lane = s.plane.lanes["digits"]
         first = set(lane.replicas)
-        calls = [asyncio.ensure_future(s.infer("digits", [x])) for x in images(300, seed=2)]
+        calls = [
+            asyncio.ensure_future(s.infer("digits", [x], timeout_s=30.0))
+            for x in images(300, seed=2)
+        ]
         await until(lambda: any(r.running is not None for r in lane.replicas.values()))
         victim = next(r for r in lane.replicas.values() if r.running is not None)
         assert victim.handle is not None
