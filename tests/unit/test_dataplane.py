@@ -557,6 +557,21 @@ def test_several_tenants_share_the_queue_fairly_and_are_reported_apart(
 # --------------------------------------------------------------------------- file models
 
 
+def one_option_setup(option: VariantOption, batching: Any) -> ModelSetup:
+    """A model (named as ``option``) served by its one option: round robin, every
+    request admitted, batches of at most 8, SLO 1 s."""
+    return ModelSetup(
+        name=option.model,
+        slo_s=1.0,
+        options=(option,),
+        routing=RoundRobin(),
+        batching=batching,
+        admission=AdmitAll(),
+        max_batch=8,
+        batch_limit=8,
+    )
+
+
 class TwoInputs(torch.nn.Module):
     """Float features (batch, 3) and integer ids (batch, n) of symbolic length n."""
 
@@ -593,16 +608,7 @@ def test_requests_of_different_shapes_share_a_dispatch_but_never_an_array(
     built.predict(probe)
     measured = LatencyTable((1,), (0,), ((time.perf_counter() - started,),))
     option = VariantOption("two", variant, load_catalog().local(), measured, 1.0)
-    setup = ModelSetup(
-        name="two",
-        slo_s=1.0,
-        options=(option,),
-        routing=RoundRobin(),
-        batching=FixedBatching(max_batch=8, timeout_s=0.01),
-        admission=AdmitAll(),
-        max_batch=8,
-        batch_limit=8,
-    )
+    setup = one_option_setup(option, FixedBatching(max_batch=8, timeout_s=0.01))
     plane = DataPlane([(setup, family, str(path))], InProcessBackend(), SystemClock(), Telemetry())
     rng = np.random.default_rng(0)
     requests = [
@@ -652,16 +658,7 @@ def test_non_finite_outputs_fail_a_json_answer_and_pass_a_raw_one(
     variant = family.variant_names()[0]
     table = LatencyTable((1,), (0,), ((0.001,),))
     option = VariantOption("log", variant, load_catalog().local(), table, 1.0)
-    setup = ModelSetup(
-        name="log",
-        slo_s=1.0,
-        options=(option,),
-        routing=RoundRobin(),
-        batching=NoBatching(),
-        admission=AdmitAll(),
-        max_batch=8,
-        batch_limit=8,
-    )
+    setup = one_option_setup(option, NoBatching())
     plane = DataPlane([(setup, family, str(path))], InProcessBackend(), SystemClock(), Telemetry())
 
     async def main() -> None:
