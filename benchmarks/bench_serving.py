@@ -419,11 +419,45 @@ def offline_throughput(
     return figure.throughput, path
 
 
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Any:
+    """Run the block on ``cpus`` only (this process and the processes it starts meanwhile
+    inherit the mask); None: unchanged. The previous mask is restored after."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def split_cpus(worker_cpus: str | None) -> tuple[set[int] | None, set[int] | None]:
+    """``--worker-cpus``: (the worker's CPUs, the others this process may use — the front
+    end's: the server's event loop and the load generator); (None, None) when not given."""
+    if not worker_cpus:
+        return None, None
+    from coscale.backends.local import parse_cpu_list
+
+    worker = set(parse_cpu_list(worker_cpus, name="--worker-cpus"))
+    front = set(os.sched_getaffinity(0)) - worker
+    if not front or not worker <= set(os.sched_getaffinity(0)):
+        raise SystemExit(
+            f"--worker-cpus {worker_cpus}: must be a proper subset of this process's CPUs "
+            f"{sorted(os.sched_getaffinity(0))} (the rest run the server and the client)."
+        )
+    return worker, front
+
+
 def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     spec = MODELS[source]
     variant, _ = pick_variant(source, args.variant)
+    worker_cpus, front_cpus = split_cpus(args.worker_cpus)
     log(f"[A] {source}: variant {variant} (load average {load_average():.1f})")
-    offline, profile = offline_throughput(source, variant, quick=args.quick, folder=folder)
+    with pinned(worker_cpus):
+        offline, profile = offline_throughput(source, variant, quick=args.quick, folder=folder)
     batching = {"name": args.batching} if args.batching else None
     items_list = args.items or (spec["quick_items"] if args.quick else spec["items"])
     scenario = write_scenario(
@@ -435,7 +469,11 @@ def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str
         max_batch=max(spec["max_batch"], *items_list),
     )
     rows = []
-    with CoscaleServer(scenario, profile, folder, env=server_env(args)) as server:
+    env = server_env(args)
+    if worker_cpus is not None:
+        env["COSCALE_WORKER_CPUS"] = ",".join(map(str, sorted(worker_cpus)))
+        log(f"  worker on CPUs {sorted(worker_cpus)}, server and client on {sorted(front_cpus)}")
+    with pinned(front_cpus), CoscaleServer(scenario, profile, folder, env=env) as server:
         log(f"  serving at {server.url}")
         warm = LoadConfig(url=server.url, model=spec["name"], concurrency=2, duration_s=2.0)
         asyncio.run(run_load(warm))
@@ -462,7 +500,9 @@ def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str
         "preset": args.preset,
         "batching": args.batching or "the preset's",
         "slo_ms": spec["slo_ms"],
-        "threads": usable_cpus(),
+        "threads": len(worker_cpus) if worker_cpus is not None else usable_cpus(),
+        "worker_cpus": sorted(worker_cpus) if worker_cpus is not None else None,
+        "front_cpus": sorted(front_cpus) if front_cpus is not None else None,
         "offline_items_per_s": offline,
         "results": rows,
     }
@@ -585,6 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial-s", type=float, default=None, help="seconds per trial")
     parser.add_argument("--refine", type=int, default=None, help="bisection steps")
     parser.add_argument("--max-trials", type=int, default=None)
+    parser.add_argument(
+        "--worker-cpus",
+        default=None,
+        metavar="LIST",
+        help="part A: pin the model's worker to these CPUs (e.g. 0) and the server and the "
+        "load generator to the others; the offline figure is measured on these CPUs",
+    )
     parser.add_argument("--skip-limit", action="store_true")
     parser.add_argument("--skip-thin", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
@@ -639,6 +686,12 @@ def print_report(results: dict[str, Any]) -> None:
             f"batching: {entry['batching']}), "
             f"SLO {entry['slo_ms']:g} ms, offline {entry['offline_items_per_s']:,.0f} items/s "
             f"({entry['threads']} threads)"
+            + (
+                f", worker on CPUs {entry['worker_cpus']}, server and client on "
+                f"{entry['front_cpus']}"
+                if entry.get("worker_cpus")
+                else ""
+            )
         )
         for row in entry["results"]:
             rate = row["best_rate_rps"]

@@ -92,7 +92,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -119,12 +119,16 @@ from coscale.runtime.worker import (
 __all__ = [
     "DEFAULT_BATCH_TIMEOUT_S",
     "NICE_ENV",
+    "WORKER_CPUS_ENV",
     "FifoGate",
     "LocalBackend",
     "LocalReplica",
     "LocalSettings",
     "WorkerError",
     "default_threads",
+    "parse_cpu_list",
+    "usable_cores",
+    "worker_cpus_from_env",
     "worker_nice_from_env",
 ]
 
@@ -141,8 +145,52 @@ STANDBY_ENV = "COSCALE_LOCAL_STANDBY"
 _tokens = itertools.count()
 
 
+#: Environment variable naming the CPUs the worker processes run on, as a Linux CPU
+#: list (``0``, ``2-3``, ``0,2-3``; unset or empty: wherever the server may run). Each
+#: worker pins itself to these CPUs before it loads anything (its threads inherit the
+#: mask), and :func:`usable_cores` — the core budget that replicas × threads divide — is
+#: their number. With ``taskset -c 1 coscale serve …`` and ``COSCALE_WORKER_CPUS=0``, the
+#: model gets core 0 to itself and the HTTP front end core 1.
+WORKER_CPUS_ENV = "COSCALE_WORKER_CPUS"
+
+
+def parse_cpu_list(text: str, *, name: str = WORKER_CPUS_ENV) -> tuple[int, ...]:
+    """The CPUs of a Linux CPU list (``"0,2-3"`` → ``(0, 2, 3)``), sorted, no duplicates.
+
+    Raises :class:`CoscaleError` naming ``name`` for an empty list, a malformed item, a
+    range whose end is below its start, or a CPU at or above ``os.cpu_count()``."""
+    cpus: set[int] = set()
+    count = os.cpu_count() or 1
+    for item in text.split(","):
+        first, dash, last = item.strip().partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            low, high = 0, -1
+        if low < 0 or high < low or high >= count:
+            raise CoscaleError(
+                f"{name}={text!r}: {item.strip()!r} is not a CPU or a range of CPUs of this "
+                f"machine (0 to {count - 1}).",
+                fix=f"give a CPU list such as {name}=0 or {name}=0-{max(0, count - 2)}, or "
+                "unset it.",
+                code="invalid_input",
+            )
+        cpus.update(range(low, high + 1))
+    return tuple(sorted(cpus))
+
+
+def worker_cpus_from_env() -> tuple[int, ...] | None:
+    """The CPUs of :data:`WORKER_CPUS_ENV`, None when it is unset or blank."""
+    text = os.environ.get(WORKER_CPUS_ENV, "").strip()
+    return parse_cpu_list(text) if text else None
+
+
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
+    """Cores the replicas may use, at least 1: the CPUs of :data:`WORKER_CPUS_ENV` when
+    it is set, else those this process may run on (its CPU affinity)."""
+    pinned = worker_cpus_from_env()
+    if pinned is not None:
+        return len(pinned)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -202,6 +250,8 @@ class LocalSettings:
     worker_env: tuple[tuple[str, str], ...] = ()
     nice: int = WORKER_NICE
     standby: bool = True
+    #: CPUs every worker pins itself to (None: the server's own)
+    cpus: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -673,6 +723,8 @@ def _spawn(
     command += ["--control-fd", str(fds[1])]
     if standby:
         command.append("--standby")
+    if settings.cpus is not None:
+        command += ["--cpus", ",".join(map(str, settings.cpus))]
     tracker_fd = resource_tracker.getfd()
     if tracker_fd is not None:
         fds.append(tracker_fd)
@@ -771,7 +823,9 @@ class LocalBackend:
     :mod:`coscale.runtime.worker`). ``nice``: how much lower than the server's the
     workers' CPU priority is (None: :data:`NICE_ENV` if set, else :data:`WORKER_NICE`).
     ``standby``: keep a warm standby worker per thread count (module docstring); None: on
-    unless :data:`STANDBY_ENV` is ``0``.
+    unless :data:`STANDBY_ENV` is ``0``. ``cpus``: the CPUs every worker pins itself to
+    (None: :data:`WORKER_CPUS_ENV` if set, else the server's own; an empty or invalid list
+    raises :class:`CoscaleError`).
     """
 
     name = "local"
@@ -786,7 +840,12 @@ class LocalBackend:
         worker_env: Mapping[str, str] | None = None,
         nice: int | None = None,
         standby: bool | None = None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
+        if cpus is None:
+            cpus = worker_cpus_from_env()
+        elif not cpus:
+            raise CoscaleError("cpus: an empty list of CPUs.", fix="give at least one CPU.")
         if nice is None:
             nice = worker_nice_from_env()
         if standby is None:
@@ -799,6 +858,7 @@ class LocalBackend:
             worker_env=tuple(sorted((worker_env or {}).items())),
             nice=max(0, nice),
             standby=standby,
+            cpus=None if cpus is None else tuple(sorted(set(cpus))),
         )
         self._replicas: dict[str, LocalReplica] = {}
         self._standbys: dict[int, Standby] = {}

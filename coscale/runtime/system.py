@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,11 +76,11 @@ ProfileArg = ProfileFile | str | Path
 
 
 def usable_cores() -> int:
-    """CPUs this process may run on (its affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """The replicas' core budget: :func:`coscale.backends.local.usable_cores` (the CPUs
+    of ``COSCALE_WORKER_CPUS`` when set, else this process's affinity), at least 1."""
+    from coscale.backends.local import usable_cores as worker_cores
+
+    return worker_cores()
 
 
 def live_scenario(scenario: Scenario, catalog: Catalog, cores: int) -> Scenario:

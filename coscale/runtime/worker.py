@@ -395,6 +395,7 @@ def build_and_warm(spec: ReplicaSpec, max_batch: int, family: Any = None) -> Bui
         "variant": variant.name,
         "runtime": variant.runtime,
         "threads": spec.threads,
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "build_s": built - started,
         "warmup_s": warmed - built,
     }
@@ -419,13 +420,17 @@ def worker_main(
     spec: ReplicaSpec,
     options: WorkerOptions,
     prepared: Prepared | None = None,
+    pin_error: CoscaleError | None = None,
 ) -> None:
-    """The worker process's entry point (see the module docstring)."""
+    """The worker process's entry point (see the module docstring); ``pin_error``: why it
+    could not pin itself to its CPUs, reported as its start error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _lower_priority(options.nice - (prepared.nice if prepared is not None else 0))
     _apply_env(max(1, spec.threads), options.env)
     family = prepared.family if prepared is not None and prepared.source == spec.source else None
     try:
+        if pin_error is not None:
+            raise pin_error
         fault = parse_fault(os.environ.get(FAULT_ENV, ""), spec.id)
         built = build_and_warm(spec, options.max_batch, family)
         if prepared is not None:
@@ -448,7 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True, help="control socket fd")
     parser.add_argument("--tracker-fd", type=int, default=None, help="resource tracker fd")
     parser.add_argument("--standby", action="store_true", help="a standby (expects prepare)")
+    parser.add_argument("--cpus", default=None, help="comma-separated CPUs to pin itself to")
     args = parser.parse_args(argv)
+    pin_error = _pin_cpus(args.cpus)
     if args.standby:  # Ctrl-C reaches the process group while it waits for "prepare"
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.tracker_fd is not None:
@@ -466,7 +473,24 @@ def main(argv: list[str] | None = None) -> None:
         spec, options = first
     except (EOFError, OSError):
         _exit(EXIT_ORPHANED)
-    worker_main(conn, control, spec, options, prepared)
+    worker_main(conn, control, spec, options, prepared, pin_error)
+
+
+def _pin_cpus(cpus: str | None) -> CoscaleError | None:
+    """Pin this process to ``cpus`` (comma-separated, from the backend's ``--cpus``) before
+    anything starts a thread; the error to report at start when the kernel refuses."""
+    if not cpus:
+        return None
+    wanted = {int(c) for c in cpus.split(",")}
+    try:
+        os.sched_setaffinity(0, wanted)
+    except (OSError, AttributeError) as exc:
+        return CoscaleError(
+            f"the worker cannot run on CPUs {cpus} ({exc}).",
+            fix="give COSCALE_WORKER_CPUS CPUs that this machine (or its cgroup) allows.",
+            code="invalid_input",
+        )
+    return None
 
 
 def _send(conn: Connection, message: tuple[Any, ...]) -> None:

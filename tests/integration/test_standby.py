@@ -145,3 +145,45 @@ def test_a_standby_exits_when_its_parent_is_killed() -> None:
         parent.wait(10)
     # the standby may still be importing torch when its parent dies: allow for that
     assert wait_for(lambda: gone(standby) and gone(replica), 30.0), "a worker outlived its parent"
+
+
+def _masks(pid: int) -> set[tuple[int, ...]]:
+    """The CPU affinity of every thread of ``pid``."""
+    return {tuple(sorted(os.sched_getaffinity(t.id))) for t in psutil.Process(pid).threads()}
+
+
+def test_workers_pin_themselves_to_the_backend_s_cpus_cold_and_from_the_standby() -> None:
+    """``cpus=(c,)``: a cold worker, the standby and the replica the standby becomes run
+    on CPU ``c`` only, every thread of them (ONNX Runtime's included), while this process
+    keeps its own mask; a CPU the kernel refuses fails the start with an error naming it."""
+    import dataclasses
+
+    from coscale.backends.base import ReplicaStartError
+
+    mine = os.sched_getaffinity(0)
+    cpu = max(mine)
+    pixels = get_family("digits-cnn").profiling_batch(8, None, 3)
+
+    async def scenario() -> None:
+        backend = LocalBackend(max_batch=8, cpus=(cpu,))
+        try:
+            cold = await backend.start_replica(spec("pin-a"))
+            assert cold.info["cpus"] == [cpu] and _masks(cold.pid) == {(cpu,)}
+            standbys = wait_for(backend.standbys, 10.0)
+            assert len(standbys) == 1
+            assert wait_for(lambda: _masks(standbys[0].process.pid) == {(cpu,)}, 5.0)
+            warm = await backend.start_replica(spec("pin-b"))
+            assert warm.info["standby"] is True and warm.info["cpus"] == [cpu]
+            assert (await warm.infer(pixels)).shape == (8, 10)
+            assert _masks(warm.pid) == {(cpu,)}
+            assert os.sched_getaffinity(0) == mine
+            # bypass the list's validation: the kernel itself refuses a CPU it lacks
+            refused = LocalBackend(max_batch=8, standby=False)
+            refused.settings = dataclasses.replace(refused.settings, cpus=(4095,))
+            with pytest.raises(ReplicaStartError, match="cannot run on CPUs 4095"):
+                await refused.start_replica(spec("pin-x"))
+            await refused.shutdown()
+        finally:
+            await backend.shutdown()
+
+    asyncio.run(scenario())
