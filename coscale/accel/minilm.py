@@ -548,10 +548,13 @@ class MiniLMFamily(ModelFamily):
         return TorchEmbeddingVariant(variant, module, self.tokenizer, threads=threads)
 
     def profiling_batch(self, batch_size: int, seq_len: int | None, seed: int) -> list[str]:
-        """``seq_len`` None: real pool sentences of varied length; else texts of about
-        ``seq_len`` tokens (≤ ``seq_len``, cut at a word boundary)."""
+        """``seq_len`` None: real pool sentences of varied length, their lengths spread as
+        the pool's (:func:`~coscale.accel.sentences.stratified_sentences`: a batch
+        whose cost is the pool's typical one, not that of a sample that happened to be
+        short); else texts of about ``seq_len`` tokens (≤ ``seq_len``, cut at a word
+        boundary)."""
         if seq_len is None:
-            return sentences.sample_sentences(batch_size, seed)
+            return sentences.stratified_sentences(batch_size, seed)
         n_tokens = max(3, min(seq_len, self.max_seq_len))
         return sentences.texts_of_tokens(n_tokens, batch_size, self.tokenizer.layout, seed)
 

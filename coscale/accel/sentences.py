@@ -167,6 +167,37 @@ def sample_sentences(count: int, seed: int) -> list[str]:
     return [sentences[rng.randrange(len(sentences))] for _ in range(count)]
 
 
+@lru_cache(maxsize=1)
+def _pool_by_length() -> tuple[str, ...]:
+    return tuple(sorted(pool(), key=lambda s: (len(s), s)))
+
+
+def stratified_sentences(count: int, seed: int) -> list[str]:
+    """``count`` pool sentences whose lengths follow the pool's (a stratified sample).
+
+    The pool sorted by length (characters, then text) is cut into ``count`` strata of
+    equal size, stratum ``i`` being ranks ``⌊i·N/count⌋`` to ``⌊(i+1)·N/count⌋ − 1``
+    (``N`` the pool's size; a stratum never empty: ``count > N`` repeats ranks); one
+    sentence is drawn from each with ``random.Random(seed)`` and the ``count`` are
+    shuffled with the same generator. So the sample's mean length is the pool's up to
+    the spread within a stratum, where a simple random sample's strays by its standard
+    error: the four random 32-sentence batches a profile once timed averaged 10.8–13.8
+    words against the pool's 13.1, and the median call ran on short ones, so the
+    profile said 287 sentences/s where fresh random batches of the pool ran 267 (MiniLM
+    int8, one thread). Different seeds give different sentences of the same lengths'
+    spread."""
+    ordered = _pool_by_length()
+    n = len(ordered)
+    rng = random.Random(seed)
+    picks = []
+    for i in range(count):
+        low = i * n // count
+        high = max(low + 1, (i + 1) * n // count)
+        picks.append(ordered[rng.randrange(low, min(high, n))] if low < n else ordered[-1])
+    rng.shuffle(picks)
+    return picks
+
+
 #: Maps a text to its word-level token layout: (token count including special tokens,
 #: and for each non-special token the character offset where its *word* starts).
 TokenLayout = Callable[[str], tuple[int, list[int]]]

@@ -225,6 +225,28 @@ def test_sentences_are_real_deterministic_and_disjoint() -> None:
     assert sentences.sample_sentences(5, seed=1) != sentences.sample_sentences(5, seed=2)
 
 
+@pytest.mark.parametrize("count", [1, 8, 32, 64])
+def test_a_stratified_sample_spreads_its_lengths_as_the_pool_does(count: int) -> None:
+    """One sentence from each of ``count`` equal slices of the pool sorted by length: the
+    sample's k-th shortest lies in the k-th slice's range of lengths, so its mean length
+    is the pool's; seeded, shuffled, and different between seeds."""
+    ordered = sorted(len(s) for s in sentences.pool())
+    n = len(ordered)
+    sample = sentences.stratified_sentences(count, seed=3)
+    assert sample == sentences.stratified_sentences(count, seed=3)
+    assert sample != sentences.stratified_sentences(count, seed=4)
+    assert set(sample) <= set(sentences.pool()) and len(sample) == count
+    for k, length in enumerate(sorted(len(s) for s in sample)):
+        assert ordered[k * n // count] <= length <= ordered[(k + 1) * n // count - 1]
+    if count >= 32:
+        mean = sum(ordered) / n
+        for seed in range(8):
+            lengths = [len(s) for s in sentences.stratified_sentences(count, seed)]
+            assert abs(sum(lengths) / count - mean) < 0.05 * mean
+    if count >= 8:  # shuffled, not in the strata's order
+        assert [len(s) for s in sample] != sorted(len(s) for s in sample)
+
+
 def test_split_sentences_skips_code() -> None:
     doc = (
         "Return the thing that was asked for. It may be cached.\n\n"
