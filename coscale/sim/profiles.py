@@ -89,6 +89,7 @@ TYPICAL_SEQ_QUANTILE = 0.5
 _GIB = float(2**30)
 
 
+@dataclass(frozen=True)
 class MemoLatencyTable(LatencyTable):
     """A :class:`~coscale.types.LatencyTable` that remembers its answers.
 
@@ -96,7 +97,12 @@ class MemoLatencyTable(LatencyTable):
     a pair is kept in a dict and returned again: the same values, O(1) on repeats
     (batching policies ask the same few questions for every batch). The memo is
     unbounded; its size is at most (distinct batch sizes) × (distinct lengths).
+    ``overhead_s``: the per-call cost included in every cell (:func:`scale_table`), which
+    a batch pays once however many length runs the worker splits it into
+    (:func:`batch_latency`).
     """
+
+    overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,7 +126,7 @@ def scale_table(table: LatencyTable, speedup: float, overhead_s: float = 0.0) ->
             fix="fix the node catalog row (speedup is relative to the reference type).",
         )
     rows = tuple(tuple(x / speedup + overhead_s for x in row) for row in table.latency_s)
-    return MemoLatencyTable(table.batch_sizes, table.seq_lens, rows)
+    return MemoLatencyTable(table.batch_sizes, table.seq_lens, rows, overhead_s=overhead_s)
 
 
 def batch_latency(table: LatencyTable, batch: Batch) -> float:
@@ -128,9 +134,11 @@ def batch_latency(table: LatencyTable, batch: Batch) -> float:
     a text model's worker splits a batch into length-sorted runs, each padded to its own
     longest item (:func:`coscale.accel.textbatch.length_runs`), so a batch whose
     requests differ in ``seq_len`` costs ``Σ_runs L(rows_r, longest_r)`` — the same
-    partition, over the requests' lengths weighted by their items. Requests of one
-    length (every array model: ``seq_len`` 0) → ``L(items, seq_len)``, one lookup.
-    O(1) then; O(n log n + D²) for n requests of D lengths otherwise."""
+    partition, over the requests' lengths weighted by their items — less ``(runs − 1) ×
+    overhead_s`` of a scaled table (the backend's per-call cost is in every cell but
+    paid once per batch: one call carries all its runs). Requests of one length (every
+    array model: ``seq_len`` 0) → ``L(items, seq_len)``, one lookup. O(1) then;
+    O(n log n + D²) for n requests of D lengths otherwise."""
     requests = batch.requests
     first = requests[0].seq_len if requests else 0
     if all(r.seq_len == first for r in requests):
@@ -138,9 +146,10 @@ def batch_latency(table: LatencyTable, batch: Batch) -> float:
     lengths = [r.seq_len for r in requests]
     items = [r.items for r in requests]
     total = 0.0
-    for run in length_runs(lengths, counts=items):
+    runs = length_runs(lengths, counts=items)
+    for run in runs:
         total += table.latency(sum(items[i] for i in run), max(lengths[i] for i in run))
-    return total
+    return total - (len(runs) - 1) * getattr(table, "overhead_s", 0.0)
 
 
 def backend_overhead_s(backend: str) -> float:
@@ -167,7 +176,9 @@ def truncate_table(table: LatencyTable, limit: int) -> MemoLatencyTable:
     if not sizes or sizes[-1] < limit:
         sizes.append(limit)
     rows = tuple(tuple(table.latency(b, s) for b in sizes) for s in table.seq_lens)
-    return MemoLatencyTable(tuple(sizes), table.seq_lens, rows)
+    return MemoLatencyTable(
+        tuple(sizes), table.seq_lens, rows, overhead_s=getattr(table, "overhead_s", 0.0)
+    )
 
 
 def batch_limit(batching: object, model_max_batch: int) -> int:

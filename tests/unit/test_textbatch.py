@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coscale.accel.textbatch import length_runs, padded_length, run_by_length
-from coscale.sim.profiles import batch_latency
+from coscale.sim.profiles import batch_latency, scale_table, truncate_table
 from coscale.types import Batch, LatencyTable, Request
 
 
@@ -102,3 +102,13 @@ def test_a_batch_of_mixed_lengths_costs_its_runs() -> None:
         table.latency(31, 16) + table.latency(1, 256)
     )
     assert batch_latency(table, mixed) < table.latency(32, 256) / 10
+    # a backend's per-call cost (Ray: 0.85 ms) is in every cell of a scaled table, but a
+    # batch is one call whatever its runs: paid once, not once per run
+    ray = scale_table(table, 2.0, overhead_s=0.5)
+    assert ray.overhead_s == 0.5 and truncate_table(ray, 8).overhead_s == 0.5
+    assert batch_latency(ray, mixed) == pytest.approx(
+        table.latency(31, 16) / 2 + table.latency(1, 256) / 2 + 0.5
+    )
+    assert batch_latency(ray, batch((4, 16), (4, 16))) == pytest.approx(
+        table.latency(8, 16) / 2 + 0.5
+    )
