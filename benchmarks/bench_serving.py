@@ -9,9 +9,15 @@ Part A, "near the hardware's limit" (goal: ≥ 0.9), per model:
    (:func:`coscale.accel.profiler.profile_family`, a fresh child process, ``threads`` =
    the CPUs this process may use — what the server gives its one replica on this
    machine) on that variant; its ``throughput`` is ``max_b b / p50(b)`` items/s.
-3. ``coscale serve`` in a subprocess: a one-model scenario pinned to that variant
+3. ``coscale serve`` in a subprocess, a fresh one for each ``--items`` value (what
+   admission learned under one mix's overload would otherwise refuse the next mix's
+   requests): a one-model scenario pinned to that variant
    (``variants: [v]``), the preset (default ``optimized-b``; ``--batching triton``
    overrides its batching policy), the profile measured in step 2 (``--profile``).
+   ``--worker-cpus LIST``: the worker runs on those CPUs only (``COSCALE_WORKER_CPUS``)
+   and the server and the load generator on the others, and step 2 measures the
+   offline figure on those CPUs — the model's cores to itself, the front end beside it,
+   as where the clients are other machines.
 4. A short search (:func:`coscale.load.search_max_load`) for the highest open-loop
    Poisson rate (``coscale load``'s generator, in this process) whose p99 over *all*
    requests — a request not answered 200 counts as infinitely slow
@@ -473,11 +479,11 @@ def bench_limit(source: str, args: argparse.Namespace, folder: Path) -> dict[str
     if worker_cpus is not None:
         env["COSCALE_WORKER_CPUS"] = ",".join(map(str, sorted(worker_cpus)))
         log(f"  worker on CPUs {sorted(worker_cpus)}, server and client on {sorted(front_cpus)}")
-    with pinned(front_cpus), CoscaleServer(scenario, profile, folder, env=env) as server:
-        log(f"  serving at {server.url}")
-        warm = LoadConfig(url=server.url, model=spec["name"], concurrency=2, duration_s=2.0)
-        asyncio.run(run_load(warm))
-        for items in items_list:
+    for items in items_list:  # a fresh server each: no margin learned on another mix
+        with pinned(front_cpus), CoscaleServer(scenario, profile, folder, env=env) as server:
+            log(f"  serving at {server.url}")
+            warm = LoadConfig(url=server.url, model=spec["name"], concurrency=2, duration_s=2.0)
+            asyncio.run(run_load(warm))
             rows.append(
                 asyncio.run(
                     find_limit(

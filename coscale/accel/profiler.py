@@ -26,7 +26,9 @@ Algorithm:
    * every batch size ``b``: :data:`BATCHES_PER_CELL` batches from
      ``family.profiling_batch(b, None, seed)`` — for text models these are real
      sentences of varied length, padded to the longest in the batch, i.e. what serving
-     sees. These cells give ``latency_ms``, hence ``throughput``.
+     sees (MiniLM: each batch a stratified sample whose lengths spread as the pool's, so
+     that four batches time the pool's typical cost rather than the luck of four
+     draws). These cells give ``latency_ms``, hence ``throughput``.
    * text models only, every sequence-length bucket ``s`` of ``family.seq_len_buckets()``
      and batch size ``b``: batches of items of about ``s`` tokens, giving
      ``latency_ms_by_seq_len`` (the simulator's grid).
