@@ -193,7 +193,7 @@ def stratified_sentences(count: int, seed: int) -> list[str]:
     for i in range(count):
         low = i * n // count
         high = max(low + 1, (i + 1) * n // count)
-        picks.append(ordered[rng.randrange(low, min(high, n))] if low < n else ordered[-1])
+        picks.append(ordered[rng.randrange(low, high)])
     rng.shuffle(picks)
     return picks
 
