@@ -71,6 +71,11 @@ seconds for the time series (replicas, replicas by variant, cost rate). Figures 
 * energy per inference = the server's energy growth (catalog power model) / items
   answered.
 
+What the goals ask of the cycle (:func:`cycle_needs`, saved as the live results'
+``needs``): the capacity that reliability at the goal's share needs on this schedule and
+the most the baseline may have for the processing-time goal, by the fluid bounds of
+:mod:`coscale.bench.bounds`; the report sets their ratio beside the measured one.
+
 Live scalability (:func:`closed_loops`) runs on the ``scal_preset`` server right after
 its cycle: closed loops of N clients for ``scal_live_s`` seconds each.
 """
@@ -98,7 +103,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from coscale.bench.settings import BenchSettings, live_policies
+from coscale.bench.settings import GOALS, BenchSettings, live_policies
 from coscale.bench.sim import server_telemetry
 from coscale.errors import CoscaleError
 
@@ -106,6 +111,7 @@ __all__ = [
     "SAMPLE_S",
     "CyclePlan",
     "closed_loops",
+    "cycle_needs",
     "local_node",
     "plan_cycle",
     "resolve_profile",
@@ -203,6 +209,8 @@ class CyclePlan:
     note: str
     kill_at_s: float = 0.0
     seq_lens: tuple[int, ...] = field(default=(), repr=False)
+    #: Arrival times of the replayed requests, trace seconds from the segment's start.
+    times: tuple[float, ...] = field(default=(), repr=False)
     survivors_rps: float = 0.0
     peak_rps: float = 0.0
 
@@ -344,6 +352,7 @@ def plan_cycle(
         best_variant=max(names, key=lambda k: names[k]),
         note=note,
         seq_lens=tuple(int(x) for x in lens),
+        times=tuple(float(x) for x in times),
         survivors_rps=survivors,
         peak_rps=rate,
     )
@@ -800,6 +809,21 @@ def calibrate(
     return float(summary.throughput_rps)
 
 
+def cycle_needs(plan: CyclePlan, settings: BenchSettings) -> dict[str, float | None]:
+    """What the processing-time and reliability goals ask of the cycle's schedule
+    (:func:`coscale.bench.bounds.goal_needs` on the replayed arrival times, wall
+    seconds, with the goals' thresholds and the SLO)."""
+    from coscale.bench.bounds import goal_needs
+
+    thresholds = {key: value for key, _, value in GOALS}
+    return goal_needs(
+        np.asarray(plan.times) / plan.speedup,
+        settings.slo / 1000.0,
+        thresholds["reliability"],
+        thresholds["processing_time"] / 100.0,
+    )
+
+
 def run_live(
     settings: BenchSettings,
     *,
@@ -885,6 +909,7 @@ def run_live(
         "price_usd_per_hour": node.on_demand_usd_per_hour,
         "profile": str(profile_path),
         "runs": runs,
+        "needs": cycle_needs(plan, settings),
     }
     scal = None
     if scal_points:

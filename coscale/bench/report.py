@@ -26,7 +26,11 @@ Tables
   None when the live figure is 0).
 
 Goals (:func:`check_goals`) are the issue's five; each is reported as ``met``, ``missed``
-or ``not measured`` with the measured figure in the sentence.
+or ``not measured`` with the measured figure in the sentence. The processing-time goal
+also says what it and the reliability goal together ask of the cycle's schedule: the
+speed ratio of optimized-b over baseline that the fluid bounds of
+:mod:`coscale.bench.bounds` need, against the ratio of the two runs' per-item service
+times (:func:`needs_and_measured`, ``needs`` in the results).
 
 Figures are drawn with matplotlib's Agg backend into PNG files; the HTML embeds the same
 bytes as base64 data URIs and has its CSS inline, so it opens offline.
@@ -174,17 +178,58 @@ def _goal(key: str, measured: float | None, figure: str) -> dict[str, Any]:
 DEGENERATE_EFFICIENCY = 2.0
 
 
+def needs_and_measured(live: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The live cycle's ``needs`` (:func:`coscale.bench.live.cycle_needs`) with the speed
+    ratio measured between its runs (:func:`coscale.bench.bounds.measured_speed_ratio`):
+    ``measured_ratio``, ``baseline_ms_per_item``, ``optimized_ms_per_item``. None when
+    the run saved no needs (results of an older bench)."""
+    from coscale.bench.bounds import measured_speed_ratio
+
+    needs = live.get("needs")
+    if not needs:
+        return None
+    measured = measured_speed_ratio(live.get("runs", []))
+    return {
+        **needs,
+        "measured_ratio": measured["ratio"],
+        "baseline_ms_per_item": measured["baseline_ms_per_item"],
+        "optimized_ms_per_item": measured["optimized_ms_per_item"],
+    }
+
+
+def _needs_text(needs: Mapping[str, Any] | None) -> str:
+    """The processing-time goal's bound in words (module docstring, "Goals")."""
+    if not needs or needs.get("ratio_needed") is None:
+        return ""
+    text = (
+        f"; on this cycle's schedule, together with reliability "
+        f"{100 * needs['reliability']:.1f} %, it needs optimized-b to serve at least "
+        f"{needs['ratio_needed']:.1f}× what baseline serves (≥ {needs['reliable_rps']:.1f} "
+        f"req/s against ≤ {needs['slow_rps']:.2f} req/s, fluid bounds on the schedule)"
+    )
+    if needs.get("measured_ratio") is not None:
+        text += (
+            f", and it served {needs['measured_ratio']:.2f}× ("
+            f"{needs['baseline_ms_per_item']:.1f} against {needs['optimized_ms_per_item']:.1f} "
+            "ms of replica service per item)"
+        )
+    return text
+
+
 def check_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The five goals against the measured figures (module docstring)."""
     rows = {r["preset"]: r for r in table2(results.get("live", {}).get("runs", []))}
     b = rows.get("optimized-b")
     out = []
     lat = b["latency_reduction_pct"] if b else None
+    needs = needs_and_measured(results.get("live", {}))
     out.append(
         _goal(
             "processing_time",
             lat,
-            "no live optimized-b/baseline pair" if lat is None else f"{lat:.1f} % lower",
+            "no live optimized-b/baseline pair"
+            if lat is None
+            else f"{lat:.1f} % lower" + _needs_text(needs),
         )
     )
     cost = b["cost_reduction_pct"] if b else None
@@ -545,7 +590,44 @@ def _live_section(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]])
         "within the SLO; energy per inference = the server's energy (catalog power model) "
         "/ items answered; reductions are against the baseline.</p>"
     )
-    return f"<h2>Table 2 — live cycle on this machine</h2>{t}{note}{extra}"
+    return f"<h2>Table 2 — live cycle on this machine</h2>{t}{note}{extra}" + _needs_section(
+        needs_and_measured(live)
+    )
+
+
+def _needs_section(needs: Mapping[str, Any] | None) -> str:
+    """What the processing-time and reliability goals ask of the cycle (module docstring,
+    "Goals"); empty without ``needs``."""
+    if not needs:
+        return ""
+    rows = [
+        [
+            f"reliability ≥ {100 * needs['reliability']:.1f} % within "
+            f"{1000 * needs['slo_s']:.0f} ms",
+            f"optimized-b's replicas serve ≥ {_fmt(needs['reliable_rps'], '.1f')} req/s",
+        ],
+        [
+            f"processing time ≥ {100 * needs['cut']:.0f} % lower",
+            f"baseline's replicas serve ≤ {_fmt(needs['slow_rps'], '.2f')} req/s",
+        ],
+        ["both", f"optimized-b ≥ {_fmt(needs['ratio_needed'], '.1f')}× baseline's speed"],
+        [
+            "measured in this run",
+            f"{_fmt(needs.get('measured_ratio'), '.2f')}× (per item: baseline "
+            f"{_fmt(needs.get('baseline_ms_per_item'), '.1f')} ms, optimized-b "
+            f"{_fmt(needs.get('optimized_ms_per_item'), '.1f')} ms of replica service)",
+        ],
+    ]
+    note = (
+        "<p class='note'>Necessary conditions on the replayed schedule, for any allocation, "
+        "admission or scheduling: a request answered within the SLO that arrives in "
+        "[t<sub>i</sub>, t<sub>j</sub>] is served within [t<sub>i</sub>, t<sub>j</sub> + "
+        "SLO], which bounds the capacity reliability needs; the baseline serves every "
+        "request, so its makespan reaches twice the schedule's span only below a rate "
+        "computed from the arrivals. Fluid bounds: each request one unit of work "
+        "(<code>coscale.bench.bounds</code>).</p>"
+    )
+    return "<h3>What the goals ask of this cycle</h3>" + _table(["goal", "needs"], rows) + note
 
 
 def _cluster_section(cluster: Mapping[str, Any]) -> str:
@@ -765,6 +847,7 @@ def finalize(results: Mapping[str, Any]) -> dict[str, Any]:
         for k in ("p50_ms", "p99_ms", "throughput_rps")
     }
     out["fidelity"] = fid
+    out["needs"] = needs_and_measured(out.get("live", {}))
     out["goals"] = check_goals(out)
     cleaned: dict[str, Any] = _clean(out)
     return cleaned

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coscale.bench.live import PEAK_BIN_S, machine_share, peak_rate, per_item_s, plan_cycle
+from coscale.bench.bounds import goal_needs
+from coscale.bench.live import (
+    PEAK_BIN_S,
+    cycle_needs,
+    machine_share,
+    peak_rate,
+    per_item_s,
+    plan_cycle,
+)
 from coscale.bench.settings import BenchSettings, defaults, from_overrides
 from coscale.bench.sim import (
     SCAL_PILOT_S,
@@ -107,7 +115,18 @@ def test_a_cycle_too_long_for_its_bound_replays_the_segment_start_at_the_rules_s
     assert 0 < plan.requests < free.requests == len(free.seq_lens)
     assert len(plan.seq_lens) == plan.requests
     assert plan.seq_lens == free.seq_lens[: plan.requests]
+    assert plan.times == free.times[: plan.requests] and len(plan.times) == plan.requests
+    assert max(plan.times) < plan.segment_s
     assert f"({plan.requests} requests) are replayed" in plan.note
+
+
+def test_the_cycles_needs_are_the_bounds_on_its_replayed_wall_clock_schedule() -> None:
+    settings = BenchSettings(segment_s=120.0, max_cycle_s=100.0, min_cycle_s=5.0)
+    plan = plan_cycle(settings, _profile(MINILM), measured_rps=8.0)
+    needs = cycle_needs(plan, settings)
+    wall = np.asarray(plan.times) / plan.speedup
+    assert needs == goal_needs(wall, settings.slo / 1000.0, 0.999, 0.5)
+    assert needs["ratio_needed"] is not None and needs["ratio_needed"] > 1
 
 
 def test_machine_share_and_peak_rate() -> None:

@@ -275,3 +275,36 @@ def test_finalize_turns_non_finite_numbers_into_null() -> None:
     final = finalize(data)
     assert final["table2"][0]["p99_ms"] is None
     json.dumps(final, allow_nan=False)
+
+
+def test_the_processing_time_goal_says_what_the_cycle_needs_and_what_was_measured(
+    tmp_path: Path,
+) -> None:
+    data = results()
+    data["live"]["needs"] = {
+        "reliable_rps": 28.5,
+        "slow_rps": 2.79,
+        "ratio_needed": 28.5 / 2.79,
+        "reliability": 0.999,
+        "cut": 0.5,
+        "slo_s": 0.5,
+    }
+    runs = data["live"]["runs"]
+    runs[0]["server_telemetry"] = {"batch_items": 528, "batch_service_s": 45.18}
+    runs[2]["server_telemetry"] = {"batch_items": 494, "batch_service_s": 28.80}
+    text = _goal(check_goals(data), "processing_time")["text"]
+    assert "at least 10.2× what baseline serves" in text
+    assert "≥ 28.5 req/s against ≤ 2.79 req/s" in text
+    assert "served 1.47× (85.6 against 58.3 ms" in text
+    final = build_report(data, tmp_path / "run")
+    assert final["needs"]["measured_ratio"] == pytest.approx((45.18 / 528) / (28.80 / 494))
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "What the goals ask of this cycle" in page
+    assert html.escape("optimized-b ≥ 10.2× baseline's speed") in page
+    assert html.escape("1.47× (per item: baseline 85.6 ms, optimized-b 58.3 ms") in page
+
+
+def test_results_without_needs_have_no_bound_in_the_goal() -> None:
+    data = results()
+    assert "needs optimized-b" not in _goal(check_goals(data), "processing_time")["text"]
+    assert finalize(data)["needs"] is None
