@@ -710,6 +710,7 @@ class DataPlane:
                 outcome=Outcome.REJECTED,
                 items=request.items,
                 error=code,
+                seq_len=request.seq_len,
             )
         )
 
@@ -758,6 +759,7 @@ class DataPlane:
                 variant=replica.spec.variant if replica is not None else "",
                 node_type=replica.spec.node_type if replica is not None else "",
                 error=error.code if error is not None else "",
+                seq_len=req.seq_len,
             )
         )
         if p.future.done():

@@ -6,7 +6,8 @@ Every request the live runtime answers (a result, an error, a rejection) becomes
 :class:`RequestRecord`: id, model, tenant, arrival, deadline (the SLO deadline the
 policies see), finish, outcome, queue time (arrival → its batch started on a replica;
 NaN if it never started), batch size (items in the batch it rode in), service time of
-that batch, replica, variant, node type, and the error code when it failed.
+that batch, replica, variant, node type, the error code when it failed, and its length
+in tokens (``seq_len``; 0 for inputs without one).
 
 :class:`Telemetry` keeps the newest ``ring_capacity`` records (default
 :data:`RING_CAPACITY` = 100,000) in a ring — memory stays bounded on a server that runs
@@ -16,8 +17,8 @@ The ring (:class:`RecordRing`) is column-wise: one numpy array of ``ring_capacit
 slots per field, allocated *and written* (``np.full``, so the pages are resident, not
 merely reserved) when the ring is built; strings (model, tenant, replica, variant, node
 type, error code) are stored as ``int32`` codes into a small table of distinct strings.
-Its memory is therefore fixed at start-up — about :data:`RECORD_BYTES` (89) bytes per
-slot, 8.5 MiB for the default capacity, against ~31 MiB for 100,000 Python record
+Its memory is therefore fixed at start-up — about :data:`RECORD_BYTES` (93) bytes per
+slot, 8.9 MiB for the default capacity, against ~31 MiB for 100,000 Python record
 objects that a deque fills up during the first hours of a run (a soak then sees the
 server's resident memory grow although nothing leaks). Slot ``(start + i) mod
 capacity`` holds the ``i``-th oldest record; appending when full overwrites the oldest
@@ -131,6 +132,7 @@ class RequestRecord(NamedTuple):
     variant: str = ""
     node_type: str = ""
     error: str = ""
+    seq_len: int = 0
 
     @property
     def latency_s(self) -> float:
@@ -153,6 +155,7 @@ _NUMERIC: dict[str, tuple[type[np.generic], float]] = {
     "queue_s": (np.float64, math.nan),
     "batch_size": (np.int64, 0),
     "service_s": (np.float64, math.nan),
+    "seq_len": (np.int32, 0),
 }
 #: String columns of the ring, stored as codes into its string table.
 _STRINGS: tuple[str, ...] = ("model", "tenant", "replica", "variant", "node_type", "error")
@@ -221,6 +224,7 @@ class RecordRing(Sequence[RequestRecord]):
         num["queue_s"][slot] = r.queue_s
         num["batch_size"][slot] = r.batch_size
         num["service_s"][slot] = r.service_s
+        num["seq_len"][slot] = r.seq_len
         for name in _STRINGS:
             self._str[name][slot] = self._code(getattr(r, name))
         return full

@@ -632,6 +632,36 @@ def test_requests_of_different_shapes_share_a_dispatch_but_never_an_array(
     asyncio.run(main())
 
 
+def test_a_text_requests_record_carries_its_token_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record of a MiniLM request keeps the tokens the worker ran (``seq_len``, what
+    the bench's fidelity replay reads its service times against), clamped to the
+    table's longest length."""
+    monkeypatch.setenv("COSCALE_HOME", str(tmp_path / "home"))
+    family = get_family("minilm")
+    table = LatencyTable((1,), (16, 64), ((0.01,), (0.03,)))
+    option = VariantOption("minilm", "fp32-eager", load_catalog().local(), table, 1.0)
+    setup = one_option_setup(option, FixedBatching(max_batch=8, timeout_s=0.01))
+    plane = DataPlane([(setup, family, "minilm")], InProcessBackend(), SystemClock(), Telemetry())
+    short = "a short sentence"
+    long = " ".join(["word"] * 200)
+
+    async def main() -> None:
+        plane.bind()
+        replica = plane.start_replica("minilm", "fp32-eager", option.node.name)
+        assert replica.task is not None and await replica.task
+        await plane.submit("minilm", [short])
+        await plane.submit("minilm", [long])
+        assert await plane.close() == 0
+
+    asyncio.run(main())
+    records = plane.telemetry.records()
+    assert [r.outcome for r in records] == [Outcome.COMPLETED, Outcome.COMPLETED]
+    assert records[0].seq_len == family.tokenizer.count(short) < 16
+    assert records[1].seq_len == 64  # 202 tokens, clamped to the table's longest
+
+
 class LogOf(torch.nn.Module):
     """The natural logarithm of each feature: −inf at 0, NaN below."""
 

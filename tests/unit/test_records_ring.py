@@ -36,6 +36,7 @@ def make(i: int, *, replica: str | None = None) -> RequestRecord:
         variant="onnx-fp32" if started else "",
         node_type="cpu-small" if started else "",
         error="overloaded" if outcome is Outcome.REJECTED else "",
+        seq_len=(0, 12 + i % 200)[i % 2],
     )
 
 
@@ -60,6 +61,8 @@ def test_records_read_back_exactly() -> None:
     assert all(same(a, b) for a, b in zip(ring, rows, strict=True))
     assert same(ring[-1], rows[-1]) and same(ring[0], rows[0])
     assert [r.id for r in ring[5:8]] == [5, 6, 7]
+    assert [r.seq_len for r in ring[:4]] == [0, 13, 0, 15]
+    assert ring.columns()["seq_len"].tolist() == [r.seq_len for r in rows]
     assert [r.id for r in reversed(ring)] == list(range(29, -1, -1))
     with pytest.raises(IndexError):
         ring[30]
