@@ -71,6 +71,10 @@ seconds for the time series (replicas, replicas by variant, cost rate). Figures 
 * energy per inference = the server's energy growth (catalog power model) / items
   answered.
 
+With ``records`` the row also keeps the cycle's batches (``service_batches``: variant,
+items, longest length and service time of each, :func:`read_service_batches`), from
+which the fidelity replay draws its service factors.
+
 What the goals ask of the cycle (:func:`cycle_needs`, saved as the live results'
 ``needs``): the capacity that reliability at the goal's share needs on this schedule and
 the most the baseline may have for the processing-time goal, by the fluid bounds of
@@ -775,7 +779,19 @@ def run_cycle(
             )
     finally:
         server.stop()
+    if records is not None and records.exists():  # the fidelity replay's service factors
+        row["service_batches"] = read_service_batches(records, int(result.summary.requests))
     return row, points
+
+
+def read_service_batches(path: Path, first_n: int) -> dict[str, list[Any]]:
+    """The cycle's batches (:func:`coscale.bench.sim.service_batches`) from the request
+    records the server wrote to ``path`` (Parquet)."""
+    import pyarrow.parquet as pq
+
+    from coscale.bench.sim import service_batches
+
+    return service_batches(pq.read_table(path).to_pydict(), first_n)
 
 
 def calibrate(

@@ -721,6 +721,11 @@ def _calibration_text(how: Mapping[str, Any] | None) -> str:
         )
         if how.get("http_path_ms"):
             parts.append(f"HTTP path {_fmt(how['http_path_ms'], '.1f')} ms")
+        if how.get("service_spread") is not None:
+            parts.append(
+                f"service scattered as live (log s.d. {_fmt(how['service_spread'], '.2f')}), "
+                f"median of {how.get('replays', 1)} replays"
+            )
     else:
         parts.append("profile as measured")
     if how.get("replacement_startup_s") is not None:

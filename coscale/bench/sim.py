@@ -53,18 +53,28 @@ service per batch / the table's mean at the live mean batch size over the
 segment's request lengths; when the run also saved the client's mean time on the wire
 (``wire_mean_ms``), requests reach the simulated server ``c`` = that − the server's mean
 latency later, the HTTP path the simulator does not model (:func:`_calibration`,
-:func:`http_path_ms`). Both sides are then measured alike
+:func:`http_path_ms`). When the run also kept its server's per-batch service times
+(``service_batches``, :func:`service_batches`, from the server's request records), each
+simulated batch is further multiplied by one of that run's *service factors* drawn at
+random (:func:`service_factors`: each live batch's service over the table's latency at
+its size and longest length, divided by their mean) — the live service times scatter
+(log standard deviation 0.12–0.23 here) where the table's are one number per size and
+length, which gave the twin a mass of requests at exactly the table's latency and put
+its p50 there (7–30 % below the live p50). With factors, the twin is replayed
+:data:`TWIN_REPLAYS` times with different draws and each figure is their median (one
+replay's p99 moved by up to 50 % with the draws). Both sides are then measured alike
 (:func:`twin_figures`): p50, p99 over completed requests from the client's send;
 throughput = completed / (last answer − first send).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from coscale.bench.settings import CLUSTER_POOLS, BenchSettings, live_policies
 from coscale.config import Scenario, scenario_from_dict
@@ -77,12 +87,15 @@ __all__ = [
     "cluster_scenario",
     "first_plan",
     "live_twin_scenario",
+    "median_figures",
     "replacement_startup_s",
     "replay_live",
     "run_cluster",
     "run_scal_sim",
     "scale_up_startup_s",
     "server_telemetry",
+    "service_batches",
+    "service_factors",
     "thin_series",
     "twin_figures",
 ]
@@ -95,6 +108,10 @@ MAX_SERIES_POINTS = 400
 SCAL_PILOT_S = 0.02
 #: Total rate cap of the simulated closed loops (requests/s): never reached.
 CLOSED_LOOP_CAP_RPS = 1e7
+#: Replays of a live run with service factors (:func:`replay_live`); figures: medians.
+TWIN_REPLAYS = 5
+#: Fewest live batches from which service factors are drawn (fewer: none).
+MIN_FACTOR_BATCHES = 20
 
 Progress = Callable[[float, float], None]
 
@@ -415,6 +432,69 @@ def mean_table_latency(table: LatencyTable, mean_items: float, seq_lens: Any) ->
     return float(np.dot(at, counts) / counts.sum())
 
 
+def service_batches(columns: Mapping[str, Any], first_n: int) -> dict[str, list[Any]]:
+    """A live server's batches from its request records (``coscale serve --records``
+    columns: ``id``, ``outcome``, ``replica``, ``arrival``, ``queue_s``, ``batch_size``,
+    ``service_s``, ``variant``, ``seq_len``), over the completed requests with ``id <
+    first_n`` (the cycle's; the live closed loops come after it on the same server). A
+    batch is the requests that started together on one replica (``arrival + queue_s``
+    within 1 µs); per batch: ``variant``, ``items`` (its ``batch_size``), ``seq_len``
+    (its longest request's) and ``service_s``, in start order."""
+    ids = np.asarray(columns.get("id", []), dtype=np.int64)
+    done = (ids < first_n) & (np.asarray(columns.get("outcome", []), dtype=object) == "completed")
+    out: dict[str, list[Any]] = {"variant": [], "items": [], "seq_len": [], "service_s": []}
+    if not done.any():
+        return out
+    pick = np.flatnonzero(done)
+    start = (
+        np.asarray(columns["arrival"], dtype=float)[pick]
+        + np.asarray(columns["queue_s"], dtype=float)[pick]
+    )
+    batches: dict[tuple[str, int], int] = {}
+    for j, i in enumerate(pick):
+        key = (str(columns["replica"][i]), round(float(start[j]) * 1e6))
+        seq = int(columns["seq_len"][i]) if "seq_len" in columns else 0
+        at = batches.get(key)
+        if at is None:
+            batches[key] = len(out["items"])
+            out["variant"].append(str(columns["variant"][i]))
+            out["items"].append(int(columns["batch_size"][i]))
+            out["seq_len"].append(seq)
+            out["service_s"].append(float(columns["service_s"][i]))
+        else:
+            out["seq_len"][at] = max(out["seq_len"][at], seq)
+    order = np.argsort([key[1] for key in batches], kind="stable")
+    return {name: [values[k] for k in order] for name, values in out.items()}
+
+
+def service_factors(
+    tables: Mapping[str, LatencyTable], batches: Mapping[str, Any]
+) -> npt.NDArray[np.float64] | None:
+    """Each live batch's service time over its table's latency (``tables[variant]`` at
+    the batch's items and longest length), divided by the mean of those ratios: the
+    world's dispersion around its mean speed (the mean itself is ``k``,
+    :func:`_calibration`). Batches of a variant without a table, or with a non-positive
+    time, are skipped; None when fewer than :data:`MIN_FACTOR_BATCHES` remain."""
+    ratios = []
+    for variant, items, seq, service in zip(
+        batches.get("variant", []),
+        batches.get("items", []),
+        batches.get("seq_len", []),
+        batches.get("service_s", []),
+        strict=True,
+    ):
+        table = tables.get(variant)
+        if table is None or not service > 0 or items < 1:
+            continue
+        predicted = table.latency(int(items), int(seq))
+        if predicted > 0 and np.isfinite(service):
+            ratios.append(float(service) / predicted)
+    if len(ratios) < MIN_FACTOR_BATCHES:
+        return None
+    r = np.asarray(ratios)
+    return r / r.mean()
+
+
 def http_path_ms(run: Mapping[str, Any]) -> float:
     """The live HTTP path's mean, ms: the client's mean time on the wire
     (``run["wire_mean_ms"]``) − the server's mean latency (``server_latency_s`` /
@@ -528,11 +608,15 @@ def _run_twin(
     *,
     service_scale: float = 1.0,
     startup_s: float | None = None,
+    service_factors: npt.NDArray[np.float64] | None = None,
+    replay: int = 0,
 ) -> Any:
     """:func:`coscale.sim.run.run_preset` with a :class:`ScheduledKill` fault model, in a
-    world ``service_scale`` × slower than the profile with replicas READY after
-    ``startup_s`` (:class:`~coscale.sim.cluster.ClusterSimulator`): the policies are
-    built from ``prepared`` as the live server built them, from the profile."""
+    world ``service_scale`` × slower than the profile, each batch also × one of
+    ``service_factors`` at random, with replicas READY after ``startup_s``
+    (:class:`~coscale.sim.cluster.ClusterSimulator`): the policies are built from
+    ``prepared`` as the live server built them, from the profile. ``replay`` > 0 seeds
+    the generator ``[seed, 2, replay]`` (another draw of the factors), 0 ``[seed, 2]``."""
     from coscale.sim.build import build_policies
     from coscale.sim.cluster import ClusterSimulator
 
@@ -543,7 +627,7 @@ def _run_twin(
         prepared.pools,
         prepared.arrivals,
         interval_s=policies.interval_s,
-        rng=np.random.default_rng([prepared.seed, 2]),
+        rng=np.random.default_rng([prepared.seed, 2, replay] if replay else [prepared.seed, 2]),
         initial=policies.initial or first_plan(policies),
         faults=ScheduledKill(kill_at_s),  # type: ignore[arg-type]
         max_retries=prepared.sim.max_retries,
@@ -552,6 +636,7 @@ def _run_twin(
         connections=connections,
         service_scale=service_scale,
         startup_s=startup_s,
+        service_factors=service_factors,
         preset=preset,
         scenario=prepared.scenario.name,
     )
@@ -583,6 +668,22 @@ def twin_figures(result: Any, scheduled: Any) -> dict[str, Any]:
         "slo_attainment": s.slo_attainment,
         "replicas_mean": float(result.summary.extra.get("replicas_mean", 0.0)),
     }
+
+
+def median_figures(figures: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over several replays (:func:`twin_figures` dictionaries with
+    the same keys; counts stay integers, rounded half to even); one replay → itself."""
+    if len(figures) == 1:
+        return dict(figures[0])
+    out: dict[str, Any] = {}
+    for key, first in figures[0].items():
+        values = [f[key] for f in figures]
+        if any(v is None for v in values):
+            out[key] = None
+            continue
+        middle = float(np.median(values))
+        out[key] = round(middle) if isinstance(first, int) else middle
+    return out
 
 
 def replay_live(
@@ -622,9 +723,26 @@ def replay_live(
         calibrated += int(bool(how["calibrated"]))
         twin = _after_http_path(own, how.get("http_path_ms", 0.0) / 1000.0)
         kill = killed["at_s"] if killed else None
-        result = _run_twin(
-            twin, run["preset"], kill, connections, service_scale=k, startup_s=startup
-        )
+        tables = {o.variant: o.latency for o in own.options[0]}
+        factors = service_factors(tables, run.get("service_batches") or {})
+        how["service_spread"] = None if factors is None else float(np.std(np.log(factors)))
+        how["replays"] = TWIN_REPLAYS if factors is not None else 1
+        figures = [
+            twin_figures(
+                _run_twin(
+                    twin,
+                    run["preset"],
+                    kill,
+                    connections,
+                    service_scale=k,
+                    startup_s=startup,
+                    service_factors=factors,
+                    replay=i,
+                ),
+                own.arrivals.times,
+            )
+            for i in range(how["replays"])
+        ]
         pairs.append(
             {
                 "preset": run["preset"],
@@ -633,7 +751,7 @@ def replay_live(
                     "p99_ms": run["p99_ms"],
                     "throughput_rps": run["throughput_rps"],
                 },
-                "sim": twin_figures(result, own.arrivals.times),
+                "sim": median_figures(figures),
                 "calibration": how,
             }
         )
@@ -656,10 +774,13 @@ def replay_live(
         "(as live) after the start-up measured in that run; queued requests time out "
         "after 10 × the SLO, as live; at most "
         f"{connections} requests are at the server at once (coscale load's connection "
-        "pool for this schedule; the others wait in the client). The HTTP path is not "
-        "simulated: where the live run measured it (the client's mean time on the wire − "
-        "the server's mean latency), every request reaches the simulated server that much "
-        "later. Both sides are measured the same way: p50/p99 over completed "
+        "pool for this schedule; the others wait in the client). Where the live run kept "
+        "its server's per-batch service times, each simulated batch is also scaled by one "
+        "of that run's service factors (live service / the table's, over their mean) drawn "
+        f"at random, and the figures are the medians of {TWIN_REPLAYS} replays. The HTTP "
+        "path is not simulated: where the live run measured it (the client's mean time on "
+        "the wire − the server's mean latency), every request reaches the simulated server "
+        "that much later. Both sides are measured the same way: p50/p99 over completed "
         "requests from the scheduled send, throughput = completed / (last answer − first "
         "scheduled send); errors = |sim − live| / live.",
     }

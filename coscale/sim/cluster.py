@@ -492,7 +492,12 @@ class ClusterSimulator:
     after ``startup_s`` (None: its node type's), while the policies, their latency
     tables and the replicas' profiled ``capacity_rps`` stay the profile's and the
     catalog's — as on the live server, whose policies know the profile, not the
-    machine's speed that day.
+    machine's speed that day. ``service_factors``: the world's batch-to-batch
+    dispersion around that (a live run's measured service times over the table's, each
+    divided by their mean, :func:`coscale.bench.sim.service_factors`): each batch's
+    service is also multiplied by one of them drawn uniformly at random, from a
+    generator spawned from ``rng`` (so the other draws are unchanged); None: every batch
+    takes exactly its table's latency × ``service_scale``.
     """
 
     def __init__(
@@ -513,6 +518,7 @@ class ClusterSimulator:
         connections: int | None = None,
         service_scale: float = 1.0,
         startup_s: float | None = None,
+        service_factors: Sequence[float] | None = None,
         preset: str = "",
         scenario: str = "",
         audit: bool = False,
@@ -533,6 +539,15 @@ class ClusterSimulator:
             f"{startup_s}",
             "use 1.0 and None (the profile's speed and the catalog's start-up)",
         )
+        factors = None if service_factors is None else np.asarray(service_factors, float)
+        _require(
+            factors is None
+            or (factors.size > 0 and bool(np.all(np.isfinite(factors) & (factors > 0)))),
+            "service_factors must be a non-empty sequence of finite numbers > 0",
+            "give a live run's service times over the table's, or None",
+        )
+        self._factors = factors
+        self._noise = rng.spawn(1)[0] if factors is not None else None
         self._models = [_Model(i, s) for i, s in enumerate(models)]
         for m in self._models:
             for g in m.by_key.values():
@@ -1048,6 +1063,8 @@ class ClusterSimulator:
 
     def _assign(self, r: SimReplica, batch: Batch, now: float) -> None:
         service = r.group.service_s(batch)
+        if self._noise is not None and self._factors is not None:
+            service *= float(self._factors[self._noise.integers(self._factors.size)])
         n = len(batch.requests)
         old = r.outstanding
         r.outstanding = old + n

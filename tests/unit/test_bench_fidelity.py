@@ -11,6 +11,7 @@ import pytest
 
 from coscale.bench.settings import from_overrides
 from coscale.bench.sim import (
+    TWIN_REPLAYS,
     _after_http_path,
     _calibration,
     _run_twin,
@@ -18,12 +19,16 @@ from coscale.bench.sim import (
     http_path_ms,
     live_twin_scenario,
     mean_table_latency,
+    median_figures,
     replacement_startup_s,
     replay_live,
     scale_up_startup_s,
     server_telemetry,
+    service_batches,
+    service_factors,
     twin_figures,
 )
+from coscale.errors import CoscaleError
 from coscale.sim.build import build_policies
 from coscale.sim.run import SimOptions, prepare
 from coscale.telemetry.records import RequestRecord, Telemetry
@@ -262,3 +267,116 @@ def test_the_live_baseline_is_static_at_the_replica_budget_live_and_in_its_twin(
     sized = first_plan(build_policies(_prepared(), "baseline"))  # optimized-b's scenario
     assert sum(t.count for t in fixed) == SETTINGS.replicas == 2
     assert sum(t.count for t in sized) == 1
+
+
+def _columns(rows: list[tuple[int, str, str, float, float, int, float, int]]) -> dict[str, list]:
+    """Record columns from (id, outcome, replica, arrival, queue_s, batch_size, service_s,
+    seq_len) rows, as ``coscale serve --records`` writes them."""
+    names = ("id", "outcome", "replica", "arrival", "queue_s", "batch_size", "service_s")
+    cols: dict[str, list] = {name: [r[k] for r in rows] for k, name in enumerate(names)}
+    cols["seq_len"] = [r[7] for r in rows]
+    cols["variant"] = ["onnx-fp32"] * len(rows)
+    return cols
+
+
+def test_service_batches_group_the_cycles_requests_that_started_together() -> None:
+    nan = math.nan
+    cols = _columns(
+        [
+            (0, "completed", "r0", 1.00, 0.20, 3, 0.30, 12),  # starts at 1.2 on r0 …
+            (1, "completed", "r0", 1.10, 0.10, 3, 0.30, 40),  # … with these two
+            (2, "completed", "r0", 1.15, 0.05, 3, 0.30, 25),
+            (3, "completed", "r1", 1.15, 0.05, 1, 0.10, 7),  # same time, other replica
+            (4, "rejected", "", 1.16, nan, 0, nan, 9),
+            (5, "completed", "r0", 0.50, 0.00, 1, 0.20, 30),  # earlier batch
+            (6, "completed", "r0", 9.00, 0.00, 1, 0.50, 64),  # a closed loop's, after
+        ]
+    )
+    got = service_batches(cols, first_n=6)
+    assert got == {
+        "variant": ["onnx-fp32"] * 3,
+        "items": [1, 3, 1],
+        "seq_len": [30, 40, 7],
+        "service_s": [0.20, 0.30, 0.10],
+    }
+    assert service_batches(cols, first_n=0)["items"] == []
+
+
+def test_service_factors_are_the_live_service_over_the_table_about_their_mean() -> None:
+    table = LatencyTable((1, 2), (0,), ((0.01, 0.02),))
+    batches = {
+        "variant": ["v"] * 30 + ["unknown"],
+        "items": [1, 2] * 15 + [1],
+        "seq_len": [0] * 31,
+        "service_s": [0.01, 0.06] * 15 + [9.0],  # ratios 1 and 3
+    }
+    factors = service_factors({"v": table}, batches)
+    assert factors is not None and len(factors) == 30  # the unknown variant skipped
+    assert factors.mean() == pytest.approx(1.0)
+    assert sorted(set(np.round(factors, 9))) == [0.5, 1.5]
+    few = {k: v[:10] for k, v in batches.items()}
+    assert service_factors({"v": table}, few) is None
+
+
+def test_the_twin_scatters_each_batch_by_a_drawn_factor_and_replays_differ() -> None:
+    prepared = _prepared()
+    base = _run_twin(prepared, "baseline", None)
+    factors = np.array([0.5, 1.5])
+    one = _run_twin(prepared, "baseline", None, service_factors=factors)
+    again = _run_twin(prepared, "baseline", None, service_factors=factors)
+    other = _run_twin(prepared, "baseline", None, service_factors=factors, replay=1)
+
+    def services(result: Any) -> np.ndarray:
+        log = result.requests
+        ok = np.isfinite(log.service_start) & (log.batch_size == 1)
+        return (log.finish - log.service_start)[ok]
+
+    plain = float(np.median(services(base)))
+    ratio = services(one) / plain
+    assert np.allclose(np.sort(np.unique(np.round(ratio, 6))), [0.5, 1.5])
+    assert 0.3 < np.mean(np.isclose(ratio, 0.5)) < 0.7
+    assert np.array_equal(services(one), services(again))  # seeded
+    assert not np.array_equal(services(one), services(other))
+
+
+def test_median_figures_take_each_figures_median() -> None:
+    figs = [
+        {"p50_ms": 10.0, "p99_ms": 90.0, "completed": 5, "gone": None},
+        {"p50_ms": 30.0, "p99_ms": 70.0, "completed": 8, "gone": None},
+        {"p50_ms": 20.0, "p99_ms": 80.0, "completed": 6, "gone": None},
+    ]
+    assert median_figures(figs) == {"p50_ms": 20.0, "p99_ms": 80.0, "completed": 6, "gone": None}
+    assert median_figures(figs[:1]) == figs[0]
+
+
+def test_a_run_with_its_batches_is_replayed_several_times_with_its_factors() -> None:
+    rng = np.random.default_rng(4)
+    n = 60
+    run = {
+        "preset": "optimized-b",
+        "p50_ms": 5.0,
+        "p99_ms": 40.0,
+        "throughput_rps": 100.0,
+        "killed": None,
+        "server_telemetry": {"batches": 100.0, "batch_items": 150.0, "batch_service_s": 0.2},
+        "service_batches": {
+            "variant": ["onnx-fp32"] * n,
+            "items": [1] * n,
+            "seq_len": [0] * n,
+            "service_s": (0.002 * np.exp(0.3 * rng.standard_normal(n))).tolist(),
+        },
+    }
+    out = replay_live(SETTINGS, _live([run]), DIGITS)
+    how = out["pairs"][0]["calibration"]
+    assert how["replays"] == TWIN_REPLAYS > 1
+    assert 0.2 < how["service_spread"] < 0.4
+    assert f"medians of {TWIN_REPLAYS} replays" in out["note"]
+    plain = replay_live(SETTINGS, _live([{**run, "service_batches": None}]), DIGITS)
+    assert plain["pairs"][0]["calibration"]["replays"] == 1
+    assert plain["pairs"][0]["calibration"]["service_spread"] is None
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, 0.0], [1.0, math.inf]])
+def test_service_factors_must_be_positive_and_finite(bad: list[float]) -> None:
+    with pytest.raises(CoscaleError, match="service_factors"):
+        _run_twin(_prepared(), "baseline", None, service_factors=np.asarray(bad))
