@@ -450,10 +450,11 @@ def service_batches(columns: Mapping[str, Any], first_n: int) -> dict[str, list[
         np.asarray(columns["arrival"], dtype=float)[pick]
         + np.asarray(columns["queue_s"], dtype=float)[pick]
     )
+    lengths = columns["seq_len"] if "seq_len" in columns else [0] * len(ids)  # older records
     batches: dict[tuple[str, int], int] = {}
     for j, i in enumerate(pick):
         key = (str(columns["replica"][i]), round(float(start[j]) * 1e6))
-        seq = int(columns["seq_len"][i]) if "seq_len" in columns else 0
+        seq = int(lengths[i])
         at = batches.get(key)
         if at is None:
             batches[key] = len(out["items"])

@@ -546,8 +546,8 @@ class ClusterSimulator:
             "service_factors must be a non-empty sequence of finite numbers > 0",
             "give a live run's service times over the table's, or None",
         )
-        self._factors = factors
-        self._noise = rng.spawn(1)[0] if factors is not None else None
+        #: (generator, factors) of the world's batch-to-batch scatter, or None.
+        self._scatter = None if factors is None else (rng.spawn(1)[0], factors)
         self._models = [_Model(i, s) for i, s in enumerate(models)]
         for m in self._models:
             for g in m.by_key.values():
@@ -1063,8 +1063,9 @@ class ClusterSimulator:
 
     def _assign(self, r: SimReplica, batch: Batch, now: float) -> None:
         service = r.group.service_s(batch)
-        if self._noise is not None and self._factors is not None:
-            service *= float(self._factors[self._noise.integers(self._factors.size)])
+        if self._scatter is not None:
+            noise, factors = self._scatter
+            service *= float(factors[noise.integers(factors.size)])
         n = len(batch.requests)
         old = r.outstanding
         r.outstanding = old + n
